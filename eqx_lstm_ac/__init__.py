@@ -1,0 +1,24 @@
+"""`eqx_lstm_ac`: a recurrent (LSTM) actor-critic for reinforcement learning, written
+the Equinox way."""
+
+from ._action_spaces import (
+    ACTION_SPACES as ACTION_SPACES,
+    ActionSpace as ActionSpace,
+    BoxSpace as BoxSpace,
+    FreeSpace as FreeSpace,
+    MaxNormSpace as MaxNormSpace,
+)
+from ._checkpoint import load as load, read_header as read_header, save as save
+from ._distributions import (
+    CategoricalPolicy as CategoricalPolicy,
+    expected_log_det as expected_log_det,
+    GaussianPolicy as GaussianPolicy,
+)
+from ._model import (
+    ACTIVATIONS as ACTIVATIONS,
+    LogStdParameter as LogStdParameter,
+    LSTMActorCritic as LSTMActorCritic,
+    LSTMCarry as LSTMCarry,
+    SoftplusStdHead as SoftplusStdHead,
+)
+from ._version import __version__ as __version__

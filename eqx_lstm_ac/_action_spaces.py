@@ -1,0 +1,221 @@
+"""Action spaces: bijectors that map an unconstrained Gaussian sample to a valid action.
+
+Every space here keeps its parameters as Python floats. A distrax bijector is a pytree
+whose leaves are the JAX arrays in its `__dict__`; holding floats only, these bijectors
+have no leaves at all, so they ride along inside an `eqx.Module` without interfering
+with `eqx.tree_at`, `eqx.filter_grad` or `eqx.filter_jit`.
+"""
+
+import math
+from typing import Any, ClassVar
+
+import distrax
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+
+_LOG2 = math.log(2.0)
+
+
+def _log_sech2(z: Array) -> Array:
+    """`log(1 - tanh(z)^2)`, stable for every `z` (no cancellation when `|z|` is big)."""
+    a = jnp.abs(z)
+    return 2.0 * (_LOG2 - a - jax.nn.softplus(-2.0 * a))
+
+
+def _atanh(u: Array) -> Array:
+    return 0.5 * (jnp.log1p(u) - jnp.log1p(-u))
+
+
+class ActionSpace(distrax.Bijector):
+    """Base class of the action spaces shipped with `eqx_lstm_ac`.
+
+    An action space is a [`distrax.Bijector`](https://github.com/google-deepmind/distrax)
+    whose parameters are plain Python floats, and which can describe itself
+    (`kind`, `config()`) so that a checkpoint can rebuild it without running code.
+    """
+
+    kind: ClassVar[str]
+
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this space: `type(self)(**config())`."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.config() == other.config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.config().items()))))
+
+    def same_as(self, other: distrax.Bijector) -> bool:
+        return self == other
+
+
+class FreeSpace(ActionSpace):
+    """Unbounded actions: the identity map $y = x$.
+
+    The policy is then a plain diagonal Gaussian and its entropy is exact.
+    """
+
+    kind: ClassVar[str] = "FreeSpace"
+
+    def __init__(self):
+        super().__init__(event_ndims_in=0, is_constant_jacobian=True)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        return x, jnp.zeros_like(x)
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        return y, jnp.zeros_like(y)
+
+
+class BoxSpace(ActionSpace):
+    r"""Actions in a box, each coordinate squashed independently:
+
+    $$y = c + h \tanh(x / w), \qquad c = \tfrac{x_{max} + x_{min}}{2},\quad
+    h = \tfrac{x_{max} - x_{min}}{2}.$$
+
+    **Arguments:**
+
+    - `x_min`, `x_max`: the bounds of every action coordinate, `x_min < x_max`.
+    - `width`: the scale $w$ of the unconstrained variable that maps onto the box.
+    - `eps`: the inverse clips $(y - c)/h$ to $[-1 + \epsilon, 1 - \epsilon]$ so that an
+      action on the boundary still has a finite pre-image. Inside that range the inverse
+      is the exact inverse of the forward map.
+
+    **Raises:**
+
+    `ValueError` if `x_max <= x_min`, `width <= 0` or `eps` is not in `(0, 1)`.
+    """
+
+    kind: ClassVar[str] = "BoxSpace"
+
+    def __init__(self, x_min: float, x_max: float, width: float = 1.0, eps: float = 1e-6):
+        x_min, x_max, width, eps = float(x_min), float(x_max), float(width), float(eps)
+        if not x_max > x_min:
+            raise ValueError(f"BoxSpace needs x_min < x_max, got x_min={x_min}, x_max={x_max}.")
+        if not width > 0:
+            raise ValueError(f"BoxSpace needs width > 0, got width={width}.")
+        if not 0 < eps < 1:
+            raise ValueError(f"BoxSpace needs 0 < eps < 1, got eps={eps}.")
+        super().__init__(event_ndims_in=0)
+        self.x_min = x_min
+        self.x_max = x_max
+        self.width = width
+        self.eps = eps
+
+    @property
+    def center(self) -> float:
+        return 0.5 * (self.x_max + self.x_min)
+
+    @property
+    def half(self) -> float:
+        return 0.5 * (self.x_max - self.x_min)
+
+    def config(self) -> dict[str, Any]:
+        return {"x_min": self.x_min, "x_max": self.x_max, "width": self.width, "eps": self.eps}
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        z = x / self.width
+        y = self.center + self.half * jnp.tanh(z)
+        return y, math.log(self.half / self.width) + _log_sech2(z)
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        u = jnp.clip((y - self.center) / self.half, -1.0 + self.eps, 1.0 - self.eps)
+        z = _atanh(u)
+        return self.width * z, -(math.log(self.half / self.width) + _log_sech2(z))
+
+
+class MaxNormSpace(ActionSpace):
+    r"""Actions in a ball of radius `max_norm`, squashed radially:
+
+    $$y = m \tanh(r)\,\frac{x}{r}, \qquad r = \lVert x \rVert,$$
+
+    so the direction is kept and the length is mapped into $[0, m)$. Its Jacobian has
+    $\log|\det J| = d\log m + \log\operatorname{sech}^2 r + (d - 1)\log(\tanh r / r)$
+    for actions of dimension $d$.
+
+    **Arguments:**
+
+    - `max_norm`: the radius $m > 0$ of the ball.
+    - `eps`: the inverse clips $\lVert y \rVert / m$ to at most $1 - \epsilon$.
+
+    **Raises:**
+
+    `ValueError` if `max_norm <= 0` or `eps` is not in `(0, 1)`.
+    """
+
+    kind: ClassVar[str] = "MaxNormSpace"
+
+    def __init__(self, max_norm: float = 1.0, eps: float = 1e-6):
+        max_norm, eps = float(max_norm), float(eps)
+        if not max_norm > 0:
+            raise ValueError(f"MaxNormSpace needs max_norm > 0, got max_norm={max_norm}.")
+        if not 0 < eps < 1:
+            raise ValueError(f"MaxNormSpace needs 0 < eps < 1, got eps={eps}.")
+        super().__init__(event_ndims_in=1)
+        self.max_norm = max_norm
+        self.eps = eps
+
+    def config(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm, "eps": self.eps}
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        d = x.shape[-1]
+        r2 = jnp.sum(x * x, axis=-1, keepdims=True)
+        small = r2 < 1e-8
+        r = jnp.sqrt(jnp.where(small, 1.0, r2))  # never sqrt(0): keeps gradients finite
+        # tanh(r) / r and log(tanh(r) / r), with their Taylor series near 0
+        ratio = jnp.where(small, 1.0 - r2 / 3.0, jnp.tanh(r) / r)
+        log_ratio = jnp.where(small, -r2 / 3.0, jnp.log(jnp.tanh(r) / r))
+        y = self.max_norm * ratio * x
+        logdet = d * math.log(self.max_norm) + _log_sech2(r) + (d - 1) * log_ratio
+        series = d * math.log(self.max_norm) - r2 - (d - 1) * r2 / 3.0
+        logdet = jnp.where(small, series, logdet)
+        return y, logdet[..., 0]
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        u2 = jnp.sum(y * y, axis=-1, keepdims=True) / self.max_norm**2
+        small = u2 < 1e-8
+        u = jnp.sqrt(jnp.where(small, 1.0, u2))
+        u_clip = jnp.minimum(u, 1.0 - self.eps)
+        r = _atanh(u_clip)
+        # x = y * r / (m u): atanh(u) / u -> 1 + u^2 / 3 near 0
+        scale = jnp.where(small, 1.0 + u2 / 3.0, r / u) / self.max_norm
+        x = y * scale
+        _, logdet = self.forward_and_log_det(x)
+        return x, -logdet
+
+
+ACTION_SPACES: dict[str, type[ActionSpace]] = {
+    cls.kind: cls for cls in (FreeSpace, BoxSpace, MaxNormSpace)
+}
+"""The fixed table of action spaces a checkpoint may name."""
+
+
+def _lift(bijector: distrax.Bijector) -> distrax.Bijector:
+    """Lift a scalar bijector to act on a vector of actions."""
+    if bijector.event_ndims_in == 0:
+        return distrax.Block(bijector, ndims=1)
+    if bijector.event_ndims_in == 1:
+        return bijector
+    raise ValueError(
+        "An action-space bijector must act on scalars (event_ndims_in == 0) or on "
+        f"action vectors (event_ndims_in == 1), got event_ndims_in == "
+        f"{bijector.event_ndims_in}."
+    )
+
+
+def _unlift(bijector: distrax.Bijector) -> distrax.Bijector:
+    """The bijector a user passed in, before `_lift`."""
+    if isinstance(bijector, distrax.Block):
+        return bijector.bijector
+    return bijector

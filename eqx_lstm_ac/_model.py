@@ -1,0 +1,587 @@
+"""`LSTMActorCritic`: an MLP encoder, a single-layer LSTM torso, linear policy and value
+heads."""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import distrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from ._action_spaces import _lift, _unlift, ActionSpace, FreeSpace
+from ._distributions import CategoricalPolicy, GaussianPolicy
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": jax.nn.gelu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "identity": _identity,
+}
+"""The fixed table of encoder activations, by name. A model stores the name only, so a
+checkpoint names its activation and never carries code."""
+
+
+def _activation_name(activation: Callable[[Array], Array] | str) -> str:
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}."
+            )
+        return activation
+    for name, fn in ACTIVATIONS.items():
+        if fn is activation:
+            return name
+    raise ValueError(
+        f"Activation {activation!r} is not in the table of activations; pass one of "
+        f"{sorted(ACTIVATIONS)} (by name, or the function itself, e.g. jax.nn.gelu)."
+    )
+
+
+class LSTMCarry(NamedTuple):
+    """The LSTM carry: hidden state `h` and cell state `c`, each `(..., lstm_features)`."""
+
+    h: Float[Array, "*batch lstm"]
+    c: Float[Array, "*batch lstm"]
+
+
+def _orthogonal(key: PRNGKeyArray, out_features: int, in_features: int, gain: float) -> Array:
+    """An `(out, in)` weight whose rows or columns (whichever are fewer) are orthogonal
+    with norm `gain`."""
+    init = jax.nn.initializers.orthogonal(scale=gain)
+    return init(key, (in_features, out_features), jnp.float32).T
+
+
+def _linear(
+    key: PRNGKeyArray, in_features: int, out_features: int, gain: float, bias: float = 0.0
+) -> eqx.nn.Linear:
+    layer = eqx.nn.Linear(in_features, out_features, key=key)
+    weight = _orthogonal(key, out_features, in_features, gain)
+    return eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        layer,
+        (weight, jnp.full((out_features,), bias, jnp.float32)),
+    )
+
+
+def _apply(layer: eqx.nn.Linear, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
+    """A linear layer applied over the last axis of a batch (one matmul, no vmap)."""
+    y = x @ layer.weight.T
+    if layer.bias is not None:
+        y = y + layer.bias
+    return y
+
+
+def _init_cell(key: PRNGKeyArray, input_size: int, hidden_size: int) -> eqx.nn.LSTMCell:
+    """An `eqx.nn.LSTMCell` initialised as the reference does: LeCun-normal input
+    weights, an orthogonal recurrent block per gate, zero bias."""
+    k_cell, k_ih, k_hh = jax.random.split(key, 3)
+    cell = eqx.nn.LSTMCell(input_size, hidden_size, key=k_cell)
+    w_ih = jax.random.normal(k_ih, (4 * hidden_size, input_size)) / math.sqrt(input_size)
+    orth = jax.nn.initializers.orthogonal()
+    w_hh = jnp.concatenate(
+        [orth(k, (hidden_size, hidden_size), jnp.float32) for k in jax.random.split(k_hh, 4)]
+    )
+    bias = jnp.zeros((4 * hidden_size,), jnp.float32)
+    return eqx.tree_at(lambda c: (c.weight_ih, c.weight_hh, c.bias), cell, (w_ih, w_hh, bias))
+
+
+class LogStdParameter(eqx.Module):
+    """A state-independent standard deviation: $\\sigma = \\exp(\\text{log\\_std})$."""
+
+    log_std: Float[Array, " action"]
+
+    def __init__(self, action_size: int):
+        self.log_std = jnp.zeros((action_size,), jnp.float32)
+
+    def __call__(self, features: Float[Array, "*batch lstm"]) -> Float[Array, "*batch action"]:
+        return jnp.broadcast_to(jnp.exp(self.log_std), features.shape[:-1] + self.log_std.shape)
+
+
+class SoftplusStdHead(eqx.Module):
+    """A state-dependent standard deviation: $\\sigma = \\operatorname{softplus}(W h + b)$."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, lstm_features: int, action_size: int, *, key: PRNGKeyArray):
+        self.linear = _linear(key, lstm_features, action_size, gain=0.01, bias=-1.0)
+
+    def __call__(self, features: Float[Array, "*batch lstm"]) -> Float[Array, "*batch action"]:
+        return jax.nn.softplus(_apply(self.linear, features))
+
+
+class LSTMActorCritic(eqx.Module):
+    r"""A recurrent actor-critic: an MLP encoder, a single-layer LSTM torso, and linear
+    policy and value heads.
+
+    Two calling modes share one cell body:
+
+    - **single step** (rollouts): `model(x, state)` with `x` of shape `(..., obs_dim)`
+      reads the carry from `state`, advances it one step, and returns
+      `(pi, value), state` with `pi` over `(..., action_space_size)` and `value` of shape
+      `(..., 1)`;
+    - **sequence** (training): `model.sequence(xs)` with time-major `xs` of shape
+      `(T, B, obs_dim)` scans the cell over time and returns `(pi, value), carry` with
+      one output per step.
+
+    The carry is state, not a parameter: it lives in an `eqx.nn.State`, never in the
+    model, so a saved model does not depend on the number of environments.
+
+    !!! info "The reset convention: `episode_start`"
+        `episode_start[t, b] == True` means *observation `t` of environment `b` begins a
+        new episode*: the carry of `b` is set to zero **before** step `t`. The
+        single-step equivalent is `state = model.reset(state, x.shape, mask=...)` before
+        calling the model on the first observation of an episode.
+
+    !!! example
+        ```python
+        import equinox as eqx, jax, jax.numpy as jnp
+        import eqx_lstm_ac as lac
+
+        model, state = eqx.nn.make_with_state(lac.LSTMActorCritic)(
+            observation_space_size=8, action_space_size=2,
+            action_space=lac.BoxSpace(-1.0, 1.0), carry_shape=(16,),
+            key=jax.random.key(0))
+        x = jnp.zeros((16, 8))
+        (pi, value), state = model(x, state)       # (16, 2) policy, (16, 1) values
+        ```
+    """
+
+    encoder: eqx.nn.Linear
+    cell: eqx.nn.LSTMCell
+    actor_mu: eqx.nn.Linear
+    actor_sigma: LogStdParameter | SoftplusStdHead | None
+    critic: eqx.nn.Linear
+    bij: distrax.Bijector | None
+    carry_index: eqx.nn.StateIndex
+    obs_dim: int = eqx.field(static=True)
+    action_dim: int = eqx.field(static=True)
+    hidden_features: int = eqx.field(static=True)
+    lstm_features: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    actor_sigma_head: bool = eqx.field(static=True)
+    discrete: bool = eqx.field(static=True)
+    remat: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        observation_space_size: int,
+        action_space_size: int,
+        hidden_features: int = 64,
+        lstm_features: int = 128,
+        activation: Callable[[Array], Array] | str = jax.nn.gelu,
+        action_space: distrax.Bijector | None = None,
+        actor_sigma_head: bool = False,
+        carry_shape: tuple[int, ...] = (),
+        discrete: bool = False,
+        remat: bool = False,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `observation_space_size`: `obs_dim`, the size of the last axis of an
+          observation.
+        - `action_space_size`: the number of action dimensions (continuous), or of
+          actions (`discrete=True`).
+        - `hidden_features`: width of the encoder output, the LSTM's input.
+        - `lstm_features`: size of the LSTM's hidden and cell states; the heads read it.
+        - `activation`: the encoder's activation, a function from
+          [`eqx_lstm_ac.ACTIVATIONS`][] (e.g. `jax.nn.gelu`) or its name.
+        - `action_space`: a bijector that constrains the Gaussian policy:
+          [`eqx_lstm_ac.FreeSpace`][], [`eqx_lstm_ac.BoxSpace`][],
+          [`eqx_lstm_ac.MaxNormSpace`][], any `distrax.Bijector`, or `None` (free). A
+          scalar bijector is lifted to the action vector with `distrax.Block(b, 1)`.
+        - `actor_sigma_head`: `False` for a state-independent `log_std` parameter,
+          `True` for a linear head followed by softplus.
+        - `carry_shape`: leading shape of the carry in the initial state made by
+          `eqx.nn.make_with_state` (e.g. `(num_envs,)`); not part of the model.
+        - `discrete`: a categorical policy over `action_space_size` actions, with
+          `actor_mu` as its logits head.
+        - `remat`: recompute the scan body in the backward pass of sequence mode
+          (`jax.checkpoint`): same values and gradients, less memory.
+        - `key`: a `jax.random.key` for the initial parameters. (Keyword only.)
+
+        **Raises:**
+
+        `ValueError` for a non-positive size, an unknown activation, an action space
+        given together with `discrete=True`, or a bijector of the wrong event rank.
+        """
+        for name, value in (
+            ("observation_space_size", observation_space_size),
+            ("action_space_size", action_space_size),
+            ("hidden_features", hidden_features),
+            ("lstm_features", lstm_features),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if any((not isinstance(n, int)) or n < 0 for n in carry_shape):
+            raise ValueError(f"carry_shape must be a tuple of sizes, got {carry_shape!r}.")
+        if discrete and action_space is not None:
+            raise ValueError(
+                "A discrete (categorical) policy takes no action_space bijector; got "
+                f"{action_space!r} with discrete=True."
+            )
+        if discrete and actor_sigma_head:
+            raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
+        k_enc, k_cell, k_mu, k_sigma, k_critic = jax.random.split(key, 5)
+
+        self.obs_dim = observation_space_size
+        self.action_dim = action_space_size
+        self.hidden_features = hidden_features
+        self.lstm_features = lstm_features
+        self.activation = _activation_name(activation)
+        self.actor_sigma_head = actor_sigma_head
+        self.discrete = discrete
+        self.remat = remat
+
+        self.encoder = _linear(k_enc, observation_space_size, hidden_features, math.sqrt(2.0))
+        self.cell = _init_cell(k_cell, hidden_features, lstm_features)
+        self.actor_mu = _linear(
+            k_mu, lstm_features, action_space_size, gain=0.01 if discrete else 1.0
+        )
+        if discrete:
+            self.actor_sigma = None
+            self.bij = None
+        else:
+            if actor_sigma_head:
+                self.actor_sigma = SoftplusStdHead(lstm_features, action_space_size, key=k_sigma)
+            else:
+                self.actor_sigma = LogStdParameter(action_space_size)
+            self.bij = _lift(FreeSpace() if action_space is None else action_space)
+        self.critic = _linear(k_critic, lstm_features, 1, gain=0.01)
+        self.carry_index = eqx.nn.StateIndex(self.zero_carry(tuple(carry_shape)))
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def action_space(self) -> distrax.Bijector | None:
+        """The action-space bijector as it was given (before lifting to vectors)."""
+        return None if self.bij is None else _unlift(self.bij)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this model (JSON-serialisable, apart
+        from a user-defined `action_space`). `carry_shape` is not among them: the carry
+        is not part of the model."""
+        space = self.action_space
+        if space is None or isinstance(space, FreeSpace):
+            space_desc: dict[str, Any] | None = (
+                None if space is None else {"type": space.kind, "args": {}}
+            )
+        elif isinstance(space, ActionSpace):
+            space_desc = {"type": space.kind, "args": space.config()}
+        else:
+            space_desc = {"type": "custom", "class": type(space).__qualname__}
+        return {
+            "observation_space_size": self.obs_dim,
+            "action_space_size": self.action_dim,
+            "hidden_features": self.hidden_features,
+            "lstm_features": self.lstm_features,
+            "activation": self.activation,
+            "action_space": space_desc,
+            "actor_sigma_head": self.actor_sigma_head,
+            "discrete": self.discrete,
+            "remat": self.remat,
+        }
+
+    # ------------------------------------------------------------------ carry
+
+    def zero_carry(self, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
+        """A carry of zeros with leading shape `batch_shape`."""
+        z = jnp.zeros(tuple(batch_shape) + (self.lstm_features,), jnp.float32)
+        return LSTMCarry(z, z)
+
+    def carry(self, state: eqx.nn.State) -> LSTMCarry:
+        """The carry held in `state`, e.g. to store with a rollout and feed back to
+        [`eqx_lstm_ac.LSTMActorCritic.sequence`][] in training."""
+        return state.get(self.carry_index)
+
+    def init_state(self, carry_shape: tuple[int, ...] = ()) -> eqx.nn.State:
+        """A fresh `eqx.nn.State` with a zero carry of leading shape `carry_shape`.
+
+        Equivalent to the state `eqx.nn.make_with_state` returns, for any model, loaded
+        ones included.
+        """
+        index = eqx.nn.StateIndex(self.zero_carry(tuple(carry_shape)))
+        object.__setattr__(index, "marker", self.carry_index.marker)
+        return eqx.nn.State(index)
+
+    def _store(self, state: eqx.nn.State, carry: LSTMCarry) -> eqx.nn.State:
+        """Write `carry` into `state`, also when its shape differs from the old one.
+
+        `State.set` refuses a change of shape, so a carry of a new batch shape goes in
+        through a substate of the right structure."""
+        old = self.carry(state)
+        if old.h.shape == carry.h.shape:
+            return state.set(self.carry_index, carry)
+        sub = state.substate(self.carry_index)
+        sub = jtu.tree_unflatten(jtu.tree_structure(sub), jtu.tree_leaves(carry))
+        return state.update(sub)
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_obs(self, x: Array, what: str) -> None:
+        if x.ndim < 1 or x.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"{what} must have last axis of size obs_dim={self.obs_dim}, i.e. shape "
+                f"(..., {self.obs_dim}); got shape {tuple(x.shape)}."
+            )
+
+    def _check_carry(self, carry: LSTMCarry, batch: tuple[int, ...]) -> None:
+        want = batch + (self.lstm_features,)
+        for name, part in zip(("h", "c"), carry, strict=True):
+            if tuple(part.shape) != want:
+                raise ValueError(
+                    f"carry.{name} must have shape {want} (batch shape {batch} and "
+                    f"lstm_features={self.lstm_features}); got {tuple(part.shape)}."
+                )
+
+    # ------------------------------------------------------------------ the cell body
+
+    def _step(self, x: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        """One step of encoder and LSTM for a batch: `x (N, obs_dim)`, carry `(N, H)`.
+
+        Computes exactly what `eqx.nn.LSTMCell` computes (a test holds it), as batched
+        matmuls `(N, I) @ (I, 4H)` rather than a vmap of matrix-vector products."""
+        h, c = carry
+        z = ACTIVATIONS[self.activation](_apply(self.encoder, x))
+        cell = self.cell
+        gates = z @ cell.weight_ih.T + h @ cell.weight_hh.T
+        if cell.bias is not None:
+            gates = gates + cell.bias
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return h, c
+
+    def _heads(self, features: Array) -> tuple[distrax.Distribution, Array]:
+        value = _apply(self.critic, features)
+        out = _apply(self.actor_mu, features)
+        if self.discrete:
+            return CategoricalPolicy(logits=out), value
+        assert self.actor_sigma is not None and self.bij is not None
+        return GaussianPolicy(out, self.actor_sigma(features), self.bij), value
+
+    # ------------------------------------------------------------------ single step
+
+    def __call__(
+        self, x: Float[Array, "*batch obs"], state: eqx.nn.State
+    ) -> tuple[tuple[distrax.Distribution, Float[Array, "*batch 1"]], eqx.nn.State]:
+        """Single-step mode: one observation per environment.
+
+        **Arguments:**
+
+        - `x`: observations of shape `(..., obs_dim)`.
+        - `state`: the `eqx.nn.State` holding the carry. When the carry's leading shape
+          differs from `x.shape[:-1]`, the step starts from zeros of the new shape.
+
+        **Returns:**
+
+        `(pi, value), state`: the policy over `(..., action_space_size)`, the values of
+        shape `(..., 1)`, and the state with the advanced carry.
+
+        **Raises:**
+
+        `ValueError` if the last axis of `x` is not `obs_dim`.
+        """
+        self._check_obs(x, "The observation x")
+        lead = tuple(x.shape[:-1])
+        carry = self.carry(state)
+        if tuple(carry.h.shape[:-1]) != lead:
+            carry = self.zero_carry(lead)
+        n = math.prod(lead)
+        h, c = self._step(
+            x.reshape(n, self.obs_dim),
+            (carry.h.reshape(n, -1), carry.c.reshape(n, -1)),
+        )
+        carry = LSTMCarry(h.reshape(lead + (-1,)), c.reshape(lead + (-1,)))
+        return self._heads(carry.h), self._store(state, carry)
+
+    @eqx.filter_jit
+    def reset(
+        self,
+        state: eqx.nn.State,
+        shape: tuple[int, ...],
+        mask: Bool[Array, " n"] | None = None,
+    ) -> eqx.nn.State:
+        """Zero the carry, all of it or that of the environments in `mask`.
+
+        **Arguments:**
+
+        - `state`: the state holding the carry.
+        - `shape`: the shape of the observations that come next, `(..., obs_dim)`.
+          If the carry's leading shape differs from `shape[:-1]`, the new state holds
+          fresh zeros of that shape (whatever `mask` says).
+        - `mask`: `None` to zero everything, or a boolean array of shape `(shape[0],)`:
+          `mask[i]` true zeros the carry of environment `i` (the first axis).
+
+        **Returns:**
+
+        The state with the reset carry.
+
+        **Raises:**
+
+        `ValueError` if `shape[-1]` is not `obs_dim` or `mask` is not of shape
+        `(shape[0],)`.
+        """
+        shape = tuple(shape)
+        if len(shape) < 1 or shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"reset needs the observation shape (..., {self.obs_dim}); got {shape}."
+            )
+        lead = shape[:-1]
+        if mask is not None and (len(lead) == 0 or tuple(mask.shape) != (lead[0],)):
+            want = f"({lead[0]},)" if lead else "no mask (an unbatched carry)"
+            raise ValueError(
+                f"reset's mask must have shape {want} for observations of shape {shape}; "
+                f"got mask of shape {tuple(mask.shape)}."
+            )
+        carry = self.carry(state)
+        if mask is None or tuple(carry.h.shape[:-1]) != lead:
+            return self._store(state, self.zero_carry(lead))
+        keep = ~mask.reshape(mask.shape + (1,) * len(lead))
+        carry = LSTMCarry(*(jnp.where(keep, part, 0.0) for part in carry))
+        return self._store(state, carry)
+
+    @eqx.filter_jit
+    def act(
+        self,
+        x: Float[Array, "*batch obs"],
+        state: eqx.nn.State,
+        *,
+        key: PRNGKeyArray,
+        deterministic: bool = False,
+    ) -> tuple[
+        tuple[
+            Float[Array, "*batch action"] | Int[Array, "*batch"],
+            Float[Array, "*batch"],
+            Float[Array, "*batch"],
+        ],
+        eqx.nn.State,
+    ]:
+        """One compiled rollout step: choose an action and advance the carry.
+
+        **Arguments:**
+
+        - `x`: observations of shape `(..., obs_dim)`.
+        - `state`: the state holding the carry.
+        - `key`: a `jax.random.key` for sampling. (Keyword only.)
+        - `deterministic`: take the deterministic action (the bijector applied to the
+          mean; the most probable action for a discrete policy) instead of sampling.
+
+        **Returns:**
+
+        `(action, log_prob, value), state`: actions `(..., action_space_size)` (or
+        `(...)` integers for a discrete policy), their log-probabilities `(...)`, the
+        values `(...)`, and the advanced state. The log-probability is computed from the
+        action exactly as [`eqx_lstm_ac.LSTMActorCritic.evaluate`][] computes it, so the
+        first PPO probability ratio is one.
+        """
+        (pi, value), state = self(x, state)
+        if deterministic:
+            action = pi.deterministic_action()  # type: ignore[attr-defined]
+        else:
+            action = pi.sample(seed=key)
+        return (jnp.asarray(action), jnp.asarray(pi.log_prob(action)), value[..., 0]), state
+
+    # ------------------------------------------------------------------ sequences
+
+    def sequence(
+        self,
+        xs: Float[Array, "T B obs"],
+        carry: LSTMCarry | tuple[Float[Array, "B lstm"], Float[Array, "B lstm"]] | None = None,
+        episode_start: Bool[Array, "T B"] | None = None,
+    ) -> tuple[tuple[distrax.Distribution, Float[Array, "T B 1"]], LSTMCarry]:
+        """Sequence mode: scan the LSTM over a time-major batch of sequences.
+
+        **Arguments:**
+
+        - `xs`: observations of shape `(T, B, obs_dim)`.
+        - `carry`: the carry `(h, c)`, each `(B, lstm_features)`, before step 0; zeros
+          if `None`. In training, pass the carry stored at the start of the rollout
+          ([`eqx_lstm_ac.LSTMActorCritic.carry`][]).
+        - `episode_start`: boolean `(T, B)`; `episode_start[t, b]` true means
+          observation `t` of environment `b` begins a new episode, so the carry of `b`
+          is zeroed before step `t`. `None` means no episode starts inside `xs`.
+
+        **Returns:**
+
+        `(pi, value), carry`: the policy over `(T, B, action_space_size)`, values of
+        shape `(T, B, 1)`, and the carry after the last step.
+
+        **Raises:**
+
+        `ValueError` if `xs` is not `(T, B, obs_dim)`, or `episode_start` or `carry`
+        do not match it.
+        """
+        if xs.ndim != 3:
+            raise ValueError(
+                f"sequence expects time-major observations of shape (T, B, {self.obs_dim}); "
+                f"got a {xs.ndim}-D array of shape {tuple(xs.shape)}. For one step, "
+                "call the model itself."
+            )
+        self._check_obs(xs, "The observations xs")
+        t_len, batch = xs.shape[0], xs.shape[1]
+        if episode_start is not None:
+            if tuple(episode_start.shape) != (t_len, batch):
+                raise ValueError(
+                    f"episode_start must have shape (T, B) = {(t_len, batch)}; got "
+                    f"{tuple(episode_start.shape)}."
+                )
+            if episode_start.dtype != jnp.bool_:
+                raise ValueError(f"episode_start must be boolean; got dtype {episode_start.dtype}.")
+        if carry is None:
+            carry = self.zero_carry((batch,))
+        else:
+            carry = LSTMCarry(*carry)
+            self._check_carry(carry, (batch,))
+
+        def body(hc, inp):
+            x, start = inp
+            if start is not None:
+                keep = ~start[:, None]
+                hc = (jnp.where(keep, hc[0], 0.0), jnp.where(keep, hc[1], 0.0))
+            hc = self._step(x, hc)
+            return hc, hc[0]
+
+        inputs = (xs, episode_start)
+        if self.remat:
+            body = jax.checkpoint(body)
+        (h, c), features = jax.lax.scan(body, (carry.h, carry.c), inputs)
+        return self._heads(features), LSTMCarry(h, c)
+
+    @eqx.filter_jit
+    def evaluate(
+        self,
+        xs: Float[Array, "T B obs"],
+        actions: Float[Array, "T B action"] | Int[Array, "T B"],
+        carry: LSTMCarry | tuple[Float[Array, "B lstm"], Float[Array, "B lstm"]] | None = None,
+        episode_start: Bool[Array, "T B"] | None = None,
+    ) -> tuple[Float[Array, "T B"], Float[Array, "T B"], Float[Array, "T B"]]:
+        """The training pass, compiled: log-probabilities of stored actions, entropies
+        and values for every step of a batch of sequences.
+
+        **Arguments:** as [`eqx_lstm_ac.LSTMActorCritic.sequence`][], plus `actions`:
+        the actions taken, `(T, B, action_space_size)` (or `(T, B)` integers for a
+        discrete policy).
+
+        **Returns:**
+
+        `(log_prob, entropy, value)`, each of shape `(T, B)`.
+        """
+        (pi, value), _ = self.sequence(xs, carry, episode_start)
+        return jnp.asarray(pi.log_prob(actions)), jnp.asarray(pi.entropy()), value[..., 0]
