@@ -58,11 +58,13 @@ def expected_log_det(
     inner = _unlift(bijector)
     if inner is not bijector and inner.event_ndims_in == 0:
         z, w = _hermite_rule(ELEMENTWISE_NODES)
-        x = _expand(loc, 1) + _expand(scale, 1) * jnp.asarray(z)  # (..., A, n)
+        z = jnp.asarray(z).reshape((1,) * loc.ndim + z.shape)
+        x = _expand(loc, 1) + _expand(scale, 1) * z  # (..., A, n)
         log_det = inner.forward_log_det_jacobian(x)
         return jnp.sum(jnp.asarray(log_det) @ jnp.asarray(w), axis=-1)
     nodes, weights = _hermite_grid(loc.shape[-1])
-    x = loc[..., None, :] + scale[..., None, :] * jnp.asarray(nodes)  # (..., K, A)
+    grid = jnp.asarray(nodes).reshape((1,) * (loc.ndim - 1) + nodes.shape)
+    x = loc[..., None, :] + scale[..., None, :] * grid  # (..., K, A)
     return jnp.asarray(bijector.forward_log_det_jacobian(x)) @ jnp.asarray(weights)
 
 

@@ -77,11 +77,16 @@ def _linear(
     )
 
 
+def _add_bias(y: Array, bias: Array) -> Array:
+    """`y + bias` over the last axis, broadcast explicitly (strict rank promotion)."""
+    return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+
+
 def _apply(layer: eqx.nn.Linear, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
     """A linear layer applied over the last axis of a batch (one matmul, no vmap)."""
     y = x @ layer.weight.T
     if layer.bias is not None:
-        y = y + layer.bias
+        y = _add_bias(y, layer.bias)
     return y
 
 
@@ -362,7 +367,7 @@ class LSTMActorCritic(eqx.Module):
         cell = self.cell
         gates = z @ cell.weight_ih.T + h @ cell.weight_hh.T
         if cell.bias is not None:
-            gates = gates + cell.bias
+            gates = _add_bias(gates, cell.bias)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
