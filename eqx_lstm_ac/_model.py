@@ -551,7 +551,11 @@ class LSTMActorCritic(eqx.Module):
             if episode_start.dtype != jnp.bool_:
                 raise ValueError(f"episode_start must be boolean; got dtype {episode_start.dtype}.")
         if carry is None:
-            carry = self.zero_carry((batch,))
+            # Zeros made from `xs`, not constants: inside `shard_map` they then vary over
+            # the same mesh axes as `xs`, as `lax.scan` requires of its carry.
+            zero = jnp.zeros_like(xs[0, :, :1], jnp.float32)
+            zero = jnp.broadcast_to(zero, (batch, self.lstm_features))
+            carry = LSTMCarry(zero, zero)
         else:
             carry = LSTMCarry(*carry)
             self._check_carry(carry, (batch,))

@@ -15,6 +15,8 @@ import pytest
 
 import eqx_lstm_ac as lac
 
+from .helpers import make_model
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,3 +80,19 @@ def test_data_parallel_grad_on_one_device():
     np.testing.assert_allclose(value, want_value, rtol=1e-6)
     np.testing.assert_allclose(grads["w"], want["w"], rtol=1e-6)
     assert grads["k"] is None and grads["name"] is None
+
+
+def test_sequence_without_carry_inside_shard_map():
+    """`evaluate` with no carry inside `data_parallel_grad`: the zero carry must vary
+    over `data` like the observations, or `lax.scan` refuses it."""
+    model, _ = make_model()
+    xs = jnp.ones((3, 2, 5))
+    actions = jnp.zeros((3, 2, 3))
+
+    def loss(m, b):
+        lp, ent, v = m.evaluate(b[0], b[1])
+        return jnp.mean(lp) + jnp.mean(v) + jnp.mean(ent)
+
+    mesh = lac.data_mesh(1)
+    value, _ = lac.data_parallel_grad(loss, mesh, batch_axis=1)(model, (xs, actions))
+    np.testing.assert_allclose(value, loss(model, (xs, actions)), rtol=1e-6)
