@@ -21,4 +21,5 @@ from ._model import (
     LSTMCarry as LSTMCarry,
     SoftplusStdHead as SoftplusStdHead,
 )
+from ._rollout import rollout as rollout, Trajectory as Trajectory
 from ._version import __version__ as __version__
