@@ -59,7 +59,7 @@ def _scan(
     act: Callable[[Array], Array],
     w: LSTMWeights,
     xs: Array,
-    keep: Array,
+    keep: Array | None,
     h0: Array,
     c0: Array,
     with_residuals: bool,
@@ -69,8 +69,9 @@ def _scan(
     def body(hc, inp):
         h, c = hc
         x, k = inp
-        h = h * k
-        c = c * k
+        if k is not None:
+            h = h * k
+            c = c * k
         h_new, c_new, gates = _cell(wt, act, x, h, c)
         out = (h_new, gates, c) if with_residuals else h_new
         return (h_new, c_new), out
@@ -112,8 +113,11 @@ def _lstm_bwd(act, res, cts):
             ],
             axis=-1,
         )
-        dh_prev = (d_pre @ w.w_hh) * k
-        dc_prev = dc * f * k
+        dh_prev = d_pre @ w.w_hh
+        dc_prev = dc * f
+        if k is not None:
+            dh_prev = dh_prev * k
+            dc_prev = dc_prev * k
         return (dh_prev, dc_prev), d_pre
 
     (dh0, dc0), d_pre = jax.lax.scan(
@@ -123,7 +127,10 @@ def _lstm_bwd(act, res, cts):
     # Everything below is one large matmul over all T * B rows.
     rows = t_len * batch
     g_rows = d_pre.reshape(rows, 4 * n)
-    h_prev = (jnp.concatenate([h0[None], hs[:-1]], axis=0) * keep).reshape(rows, n)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    if keep is not None:
+        h_prev = h_prev * keep
+    h_prev = h_prev.reshape(rows, n)
     x_rows = xs.reshape(rows, xs.shape[-1])
     enc_pre, act_vjp = jax.vjp(act, x_rows @ w.w_enc.T + _row(w.b_enc))
     (d_enc_pre,) = act_vjp(g_rows @ w.w_ih)
@@ -135,7 +142,8 @@ def _lstm_bwd(act, res, cts):
         b=jnp.sum(g_rows, axis=0),
     )
     d_xs = (d_enc_pre @ w.w_enc).reshape(xs.shape)
-    return grads, d_xs, jnp.zeros_like(keep), dh0, dc0
+    d_keep = None if keep is None else jnp.zeros_like(keep)
+    return grads, d_xs, d_keep, dh0, dc0
 
 
 _lstm = jax.custom_vjp(_lstm_primal, nondiff_argnums=(0,))
@@ -146,14 +154,15 @@ def lstm_sequence(
     act: Callable[[Array], Array],
     w: LSTMWeights,
     xs: Float[Array, "T B obs"],
-    keep: Float[Array, "T B 1"],
+    keep: Float[Array, "T B 1"] | None,
     h0: Float[Array, "B lstm"],
     c0: Float[Array, "B lstm"],
 ) -> tuple[Float[Array, "T B lstm"], Float[Array, "B lstm"], Float[Array, "B lstm"]]:
     """Encoder + LSTM over a time-major batch, with the fused reverse pass.
 
     `keep[t, b]` is `0.0` where observation `t` of environment `b` begins an episode
-    (the carry is zeroed before step `t`) and `1.0` elsewhere. Returns the hidden state
+    (the carry is zeroed before step `t`) and `1.0` elsewhere; `None` means no episode
+    starts inside the sequence. Returns the hidden state
     after every step `(T, B, H)` and the final carry.
     """
     return _lstm(act, w, xs, keep, h0, c0)

@@ -588,7 +588,7 @@ class LSTMActorCritic(eqx.Module):
             (h, c), features = self._scan_remat(xs, (carry.h, carry.c), episode_start)
         else:
             if episode_start is None:
-                keep = jnp.ones((t_len, batch, 1), xs.dtype)
+                keep = None
             else:
                 keep = (~episode_start)[:, :, None].astype(xs.dtype)
             features, h, c = lstm_sequence(
