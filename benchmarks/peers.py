@@ -48,6 +48,7 @@ def make_ours(*, remat: bool = False, seed: int = 0) -> lac.LSTMActorCritic:
 
 def gaussian_terms(mu, log_std, actions):
     """Log-probability of `actions` and entropy of a diagonal Gaussian (last axis)."""
+    log_std = log_std.reshape((1,) * (mu.ndim - 1) + log_std.shape[-1:])
     z = (actions - mu) * jnp.exp(-log_std)
     log_prob = jnp.sum(-0.5 * z * z - log_std - 0.5 * LOG_2PI, axis=-1)
     entropy = jnp.sum(log_std + 0.5 * (1.0 + LOG_2PI)) * jnp.ones(mu.shape[:-1], mu.dtype)
