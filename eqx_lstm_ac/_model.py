@@ -561,6 +561,13 @@ class LSTMActorCritic(eqx.Module):
 
         `ValueError` if `xs` is not `(T, B, obs_dim)`, or `episode_start` or `carry`
         do not match it.
+
+        !!! info "Differentiation"
+            Without `remat`, the reverse pass is hand-written (`jax.custom_vjp`): the
+            recurrence runs step by step and the weight gradients are one matmul over
+            all steps. It equals `jax.grad` of the plain scan to float32 precision and
+            supports reverse mode (`jax.grad`, `jax.vjp`) under `jit` and `vmap`, but
+            not forward mode (`jax.jvp`); use `remat=True` for that.
         """
         if xs.ndim != 3:
             raise ValueError(
