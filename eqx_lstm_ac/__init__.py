@@ -31,4 +31,5 @@ from ._parallel import (
     shard_batch as shard_batch,
     shard_local_batch as shard_local_batch,
 )
+from ._rollout import rollout as rollout, Trajectory as Trajectory
 from ._version import __version__ as __version__

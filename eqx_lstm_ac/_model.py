@@ -14,6 +14,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ._action_spaces import _lift, _unlift, ActionSpace, FreeSpace
 from ._distributions import CategoricalPolicy, GaussianPolicy
+from ._lstm_scan import lstm_sequence, LSTMWeights
 
 
 def _identity(x: Array) -> Array:
@@ -375,6 +376,34 @@ class LSTMActorCritic(eqx.Module):
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return h, c
 
+    def _weights(self) -> LSTMWeights:
+        """The encoder's and the cell's arrays, for the sequence kernel."""
+        cell = self.cell
+        bias = cell.bias
+        if bias is None:
+            bias = jnp.zeros((4 * self.lstm_features,), cell.weight_hh.dtype)
+        b_enc = self.encoder.bias
+        if b_enc is None:
+            b_enc = jnp.zeros((self.hidden_features,), self.encoder.weight.dtype)
+        return LSTMWeights(self.encoder.weight, b_enc, cell.weight_ih, cell.weight_hh, bias)
+
+    def _scan_remat(
+        self, xs: Array, carry: tuple[Array, Array], episode_start: Array | None
+    ) -> tuple[tuple[Array, Array], Array]:
+        """The plain scan with the step under `jax.checkpoint`: the backward pass keeps
+        only the carries and recomputes each step."""
+
+        @jax.checkpoint
+        def body(hc, inp):
+            x, start = inp
+            if start is not None:
+                keep = ~start[:, None]
+                hc = (jnp.where(keep, hc[0], 0.0), jnp.where(keep, hc[1], 0.0))
+            hc = self._step(x, hc)
+            return hc, hc[0]
+
+        return jax.lax.scan(body, carry, (xs, episode_start))
+
     def _heads(self, features: Array) -> tuple[distrax.Distribution, Array]:
         value = _apply(self.critic, features)
         out = _apply(self.actor_mu, features)
@@ -533,6 +562,13 @@ class LSTMActorCritic(eqx.Module):
 
         `ValueError` if `xs` is not `(T, B, obs_dim)`, or `episode_start` or `carry`
         do not match it.
+
+        !!! info "Differentiation"
+            Without `remat`, the reverse pass is hand-written (`jax.custom_vjp`): the
+            recurrence runs step by step and the weight gradients are one matmul over
+            all steps. It equals `jax.grad` of the plain scan to float32 precision and
+            supports reverse mode (`jax.grad`, `jax.vjp`) under `jit` and `vmap`, but
+            not forward mode (`jax.jvp`); use `remat=True` for that.
         """
         if xs.ndim != 3:
             raise ValueError(
@@ -560,18 +596,16 @@ class LSTMActorCritic(eqx.Module):
             carry = LSTMCarry(*carry)
             self._check_carry(carry, (batch,))
 
-        def body(hc, inp):
-            x, start = inp
-            if start is not None:
-                keep = ~start[:, None]
-                hc = (jnp.where(keep, hc[0], 0.0), jnp.where(keep, hc[1], 0.0))
-            hc = self._step(x, hc)
-            return hc, hc[0]
-
-        inputs = (xs, episode_start)
         if self.remat:
-            body = jax.checkpoint(body)
-        (h, c), features = jax.lax.scan(body, (carry.h, carry.c), inputs)
+            (h, c), features = self._scan_remat(xs, (carry.h, carry.c), episode_start)
+        else:
+            if episode_start is None:
+                keep = None
+            else:
+                keep = (~episode_start)[:, :, None].astype(xs.dtype)
+            features, h, c = lstm_sequence(
+                ACTIVATIONS[self.activation], self._weights(), xs, keep, carry.h, carry.c
+            )
         return self._heads(features), LSTMCarry(h, c)
 
     @eqx.filter_jit

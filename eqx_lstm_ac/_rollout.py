@@ -1,0 +1,120 @@
+"""`rollout`: many environment steps fused into one compiled `jax.lax.scan`."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from ._model import LSTMActorCritic, LSTMCarry
+
+
+class Trajectory(NamedTuple):
+    """What [`eqx_lstm_ac.rollout`][] collected, time-major: `(T, B, ...)`.
+
+    - `observations`: `(T, B, obs_dim)`, the observation each action was chosen from.
+    - `episode_start`: `(T, B)` booleans, true where `observations[t, b]` begins an
+      episode (the carry was zeroed before step `t`).
+    - `actions`: `(T, B, action_space_size)` (or `(T, B)` integers when discrete).
+    - `log_probs`, `values`: `(T, B)`.
+    - `aux`: whatever `env_step` returned as its fourth output, stacked over time
+      (rewards, truncation flags, ...).
+    - `carry`: the carry *before* step 0, each `(B, lstm_features)`: pass it with
+      `observations` and `episode_start` to
+      [`eqx_lstm_ac.LSTMActorCritic.sequence`][] to recompute these steps exactly.
+    """
+
+    observations: Float[Array, "T B obs"]
+    episode_start: Bool[Array, "T B"]
+    actions: Float[Array, "T B action"] | Int[Array, "T B"]
+    log_probs: Float[Array, "T B"]
+    values: Float[Array, "T B"]
+    aux: PyTree
+    carry: LSTMCarry
+
+
+@eqx.filter_jit
+def rollout(
+    model: LSTMActorCritic,
+    state: eqx.nn.State,
+    env_step: Callable[[Any, Array, PRNGKeyArray], tuple[Any, Array, Array, PyTree]],
+    env_state: PyTree,
+    obs: Float[Array, "B obs"],
+    episode_start: Bool[Array, " B"],
+    num_steps: int,
+    *,
+    key: PRNGKeyArray,
+    deterministic: bool = False,
+) -> tuple[Trajectory, tuple[eqx.nn.State, PyTree, Float[Array, "B obs"], Bool[Array, " B"]]]:
+    """Run `num_steps` steps of policy and environment in one compiled `jax.lax.scan`.
+
+    A Python loop of jitted single steps pays the dispatch of each call (tens to
+    hundreds of microseconds on a CPU); fusing the loop pays it once. Each step does
+    exactly what the single-step API does:
+    `state = model.reset(state, obs.shape, mask=episode_start)`, then
+    `model.act(obs, state, key=...)`, then `env_step`.
+
+    **Arguments:**
+
+    - `model`: the actor-critic.
+    - `state`: the `eqx.nn.State` holding the carry, batch shape `(B,)`.
+    - `env_step`: a JAX-traceable function
+      `env_step(env_state, action, key) -> (env_state, obs, episode_start, aux)`:
+      the next observation `(B, obs_dim)`, whether it begins a new episode `(B,)`
+      (the environment resets itself), and any pytree `aux` to record (e.g. rewards).
+    - `env_state`: the environment's state (any pytree).
+    - `obs`: the current observations, `(B, obs_dim)`.
+    - `episode_start`: booleans `(B,)`, true where `obs` begins an episode.
+    - `num_steps`: the number of steps `T` (static).
+    - `key`: a `jax.random.key`. (Keyword only.)
+    - `deterministic`: take deterministic actions instead of sampling.
+
+    **Returns:**
+
+    `(trajectory, (state, env_state, obs, episode_start))`: the
+    [`eqx_lstm_ac.Trajectory`][] of the `T` steps, and everything needed to continue
+    with the next rollout.
+
+    **Raises:**
+
+    `ValueError` if `obs` is not `(B, obs_dim)` or `episode_start` is not `(B,)`.
+    """
+    if obs.ndim != 2 or obs.shape[-1] != model.obs_dim:
+        raise ValueError(
+            f"rollout expects observations of shape (B, {model.obs_dim}); got {tuple(obs.shape)}."
+        )
+    batch = obs.shape[0]
+    if tuple(episode_start.shape) != (batch,) or episode_start.dtype != jnp.bool_:
+        raise ValueError(
+            f"episode_start must be a boolean array of shape ({batch},); got "
+            f"{episode_start.dtype} of shape {tuple(episode_start.shape)}."
+        )
+    carry0 = model.carry(state)
+    if tuple(carry0.h.shape[:-1]) != (batch,):
+        carry0 = model.zero_carry((batch,))
+
+    def body(loop, step_key):
+        (h, c), env_state, obs, start = loop
+        k_act, k_env = jax.random.split(step_key)
+        keep = ~start[:, None]
+        h, c = model._step(obs, (jnp.where(keep, h, 0.0), jnp.where(keep, c, 0.0)))
+        pi, value = model._heads(h)
+        if deterministic:
+            action = pi.deterministic_action()  # type: ignore[attr-defined]
+        else:
+            action = pi.sample(seed=k_act)
+        action = jnp.asarray(action)
+        log_prob = jnp.asarray(pi.log_prob(action))
+        env_state, next_obs, next_start, aux = env_step(env_state, action, k_env)
+        out = (obs, start, action, log_prob, value[..., 0], aux)
+        return ((h, c), env_state, next_obs, next_start), out
+
+    loop0 = ((carry0.h, carry0.c), env_state, obs, episode_start)
+    ((h, c), env_state, obs, episode_start), outs = jax.lax.scan(
+        body, loop0, jax.random.split(key, num_steps)
+    )
+    trajectory = Trajectory(*outs, carry=carry0)
+    state = model._store(state, LSTMCarry(h, c))
+    return trajectory, (state, env_state, obs, episode_start)

@@ -1,0 +1,233 @@
+"""The fast paths compute what the plain ones compute.
+
+- single-step and sequence mode equal a `vmap` of `eqx.nn.LSTMCell`;
+- the hand-written reverse pass of sequence mode equals `jax.grad` of a plain scan,
+  for the parameters, the observations and the initial carry, with episode starts
+  inside the sequence;
+- `remat=True` gives the same values and gradients;
+- the fused `rollout` takes the steps the single-step API takes.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqx_lstm_ac as lac
+
+from .helpers import make_model
+
+
+T, B = 6, 3
+RTOL, ATOL = 2e-5, 2e-6
+
+
+def _perturbed(model, key):
+    """Random (not initial) weights everywhere, so no gradient is trivially zero."""
+    leaves, treedef = jax.tree.flatten(eqx.filter(model, eqx.is_inexact_array))
+    keys = jax.random.split(key, len(leaves))
+    leaves = [
+        leaf + 0.3 * jax.random.normal(k, leaf.shape, leaf.dtype)
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
+    return eqx.combine(jax.tree.unflatten(treedef, leaves), model)
+
+
+def _inputs(key, model):
+    k_x, k_s, k_h, k_c, k_a = jax.random.split(key, 5)
+    xs = jax.random.normal(k_x, (T, B, model.obs_dim))
+    starts = jax.random.bernoulli(k_s, 0.3, (T, B))
+    carry = lac.LSTMCarry(
+        jax.random.normal(k_h, (B, model.lstm_features)),
+        jax.random.normal(k_c, (B, model.lstm_features)),
+    )
+    actions = jax.random.normal(k_a, (T, B, model.action_dim))
+    return xs, starts, carry, actions
+
+
+@eqx.filter_jit
+def _reference_features(model, xs, carry, starts):
+    """The plain scan: encoder, then `jax.vmap(model.cell)`, resets by `jnp.where`."""
+    act = lac.ACTIVATIONS[model.activation]
+
+    def body(hc, inp):
+        x, start = inp
+        keep = ~start[:, None]
+        h, c = jnp.where(keep, hc[0], 0.0), jnp.where(keep, hc[1], 0.0)
+        z = act(jax.vmap(model.encoder)(x))
+        h, c = jax.vmap(model.cell)(z, (h, c))
+        return (h, c), h
+
+    (h, c), hs = jax.lax.scan(body, (carry.h, carry.c), (xs, starts))
+    return hs, lac.LSTMCarry(h, c)
+
+
+@eqx.filter_jit
+def _sequence(model, xs, carry, starts):
+    (pi, value), last = model.sequence(xs, carry, starts)
+    return pi.loc, value, last
+
+
+@eqx.filter_jit
+def _reference(model, xs, carry, starts):
+    hs, last = _reference_features(model, xs, carry, starts)
+    pi, value = model._heads(hs)
+    return pi.loc, value, last
+
+
+def _close(a, b):
+    """Equal to float32 precision, relative to the scale of the array (sums of many
+    terms in another order differ in their last bits)."""
+    a, b = np.asarray(a), np.asarray(b)
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL + RTOL * scale)
+
+
+def _loss_terms(pi, value, carry, actions):
+    return (
+        jnp.sum(pi.log_prob(actions))
+        + jnp.sum(jnp.sin(value))
+        + jnp.sum(carry.h**2)
+        + jnp.sum(jnp.cos(carry.c))
+    )
+
+
+def _ours_loss(model, xs, carry, starts, actions):
+    (pi, value), last = model.sequence(xs, carry, starts)
+    return _loss_terms(pi, value, last, actions)
+
+
+def _reference_loss(model, xs, carry, starts, actions):
+    hs, last = _reference_features(model, xs, carry, starts)
+    pi, value = model._heads(hs)
+    return _loss_terms(pi, value, last, actions)
+
+
+@eqx.filter_jit
+def _grads(loss, model, xs, carry, starts, actions):
+    """Gradients w.r.t. the parameters, the observations and the initial carry."""
+    params = eqx.filter(model, eqx.is_inexact_array)
+    return jax.grad(
+        lambda p, x, c: loss(eqx.combine(p, model), x, c, starts, actions), argnums=(0, 1, 2)
+    )(params, xs, carry)
+
+
+def test_sequence_equals_vmapped_cell(getkey):
+    model, _ = make_model(activation="tanh")
+    model = _perturbed(model, getkey())
+    xs, starts, carry, _ = _inputs(getkey(), model)
+    for s in (starts, None):
+        loc, value, last = _sequence(model, xs, carry, s)
+        s_ref = jnp.zeros((T, B), bool) if s is None else s
+        loc_ref, value_ref, last_ref = _reference(model, xs, carry, s_ref)
+        _close(value, value_ref)
+        _close(loc, loc_ref)
+        _close(last.h, last_ref.h)
+        _close(last.c, last_ref.c)
+
+
+def test_single_step_equals_cell(getkey):
+    model, state = make_model(carry_shape=(B,))
+    model = _perturbed(model, getkey())
+    xs, _, carry, _ = _inputs(getkey(), model)
+    state = model._store(state, carry)
+    h, c = carry
+
+    @eqx.filter_jit
+    def step(model, x, state):
+        (_, value), state = model(x, state)
+        return value, state
+
+    for x in xs:
+        value, state = step(model, x, state)
+        z = jax.nn.gelu(jax.vmap(model.encoder)(x))
+        h, c = jax.vmap(model.cell)(z, (h, c))
+        _close(model.carry(state).h, h)
+        _close(model.carry(state).c, c)
+        _close(value, jax.vmap(model.critic)(h))
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_gradients_equal_plain_scan(getkey, remat):
+    model, _ = make_model(remat=remat, actor_sigma_head=True)
+    model = _perturbed(model, getkey())
+    xs, starts, carry, actions = _inputs(getkey(), model)
+    starts = starts.at[0, 0].set(True).at[0, 1].set(False)  # one reset at t = 0, one not
+    got = _grads(_ours_loss, model, xs, carry, starts, actions)
+    want = _grads(_reference_loss, model, xs, carry, starts, actions)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert g.shape == w.shape
+        _close(g, w)
+    d_carry = got[2]
+    # The carry of environment 0 is reset before step 0: it gets no gradient.
+    assert np.all(np.asarray(d_carry.h[0]) == 0.0)
+    assert np.any(np.asarray(d_carry.h[1]) != 0.0)
+
+
+def test_remat_same_values(getkey):
+    k = getkey()
+    model = _perturbed(make_model()[0], k)
+    remat = _perturbed(make_model(remat=True)[0], k)
+    xs, starts, carry, actions = _inputs(getkey(), model)
+    _, value, last = _sequence(model, xs, carry, starts)
+    _, value_r, last_r = _sequence(remat, xs, carry, starts)
+    _close(value, value_r)
+    _close(last.h, last_r.h)
+    g = _grads(_ours_loss, model, xs, carry, starts, actions)
+    g_r = _grads(_ours_loss, remat, xs, carry, starts, actions)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_r), strict=True):
+        _close(a, b)
+
+
+def test_jit_and_vmap_of_sequence(getkey):
+    """The custom reverse pass composes with jit and vmap (e.g. over seeds)."""
+    model, _ = make_model()
+    xs, starts, carry, actions = _inputs(getkey(), model)
+    loss = eqx.filter_jit(eqx.filter_grad(_ours_loss))
+    g = loss(model, xs, carry, starts, actions)
+    xs2 = jnp.stack([xs, xs + 1.0])
+    g2 = jax.vmap(lambda x: loss(model, x, carry, starts, actions))(xs2)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2), strict=True):
+        _close(a, b[0])
+
+
+def _toy_env_step(env_state, action, key):
+    """A cheap deterministic environment: the observation follows the action."""
+    del key
+    t = env_state + 1
+    obs = jnp.tanh(jnp.tile(action, (1, 2))[:, :5] + 0.1 * t.astype(jnp.float32)[:, None])
+    start = (t % 4) == 0
+    return t, obs, start, jnp.sum(action, axis=-1)
+
+
+def test_rollout_matches_single_steps_and_sequence(getkey):
+    model, state = make_model(carry_shape=(B,))
+    model = _perturbed(model, getkey())
+    env0 = jnp.arange(B, dtype=jnp.int32)
+    obs0 = jax.random.normal(getkey(), (B, model.obs_dim))
+    start0 = jnp.array([True, False, False])
+    key = getkey()
+    traj, (state_f, env_f, obs_f, start_f) = lac.rollout(
+        model, state, _toy_env_step, env0, obs0, start0, T, key=key, deterministic=True
+    )
+    assert traj.observations.shape == (T, B, model.obs_dim)
+    assert traj.actions.shape == (T, B, model.action_dim)
+    # The same steps taken one at a time through the public single-step API.
+    st, env, obs, start = state, env0, obs0, start0
+    for t in range(T):
+        st = model.reset(st, obs.shape, mask=start)
+        (action, log_prob, value), st = model.act(obs, st, key=key, deterministic=True)
+        _close(traj.observations[t], obs)
+        _close(traj.actions[t], action)
+        _close(traj.log_probs[t], log_prob)
+        _close(traj.values[t], value)
+        env, obs, start, _ = _toy_env_step(env, action, key)
+    _close(model.carry(state_f).h, model.carry(st).h)
+    _close(obs_f, obs)
+    # ...and recomputed in training by sequence mode from the stored carry.
+    log_prob, _, value = model.evaluate(
+        traj.observations, traj.actions, traj.carry, traj.episode_start
+    )
+    _close(log_prob, traj.log_probs)
+    _close(value, traj.values)
