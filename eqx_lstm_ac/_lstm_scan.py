@@ -165,4 +165,35 @@ def lstm_sequence(
     starts inside the sequence. Returns the hidden state
     after every step `(T, B, H)` and the final carry.
     """
+    w, xs, keep, h0, c0 = _same_variance((w, xs, keep, h0, c0))
     return _lstm(act, w, xs, keep, h0, c0)
+
+
+def _varying_axes(a: Array) -> frozenset:
+    """The manual mesh axes that `a` varies over inside `shard_map` (empty outside)."""
+    aval = jax.typeof(a)
+    manual = getattr(aval, "manual_axis_type", None)  # newer JAX
+    if manual is not None:
+        return frozenset(manual.varying)
+    return frozenset(getattr(aval, "vma", frozenset()))  # older JAX
+
+
+def _same_variance(args):
+    """Inside `shard_map`, mark every array as varying over the mesh axes that any of
+    them varies over (outside, a no-op).
+
+    The reverse pass returns a weight gradient that varies over `data` when the inputs
+    do; a `custom_vjp` must return cotangents of the same type as its inputs, so the
+    replicated weights enter as varying. The transpose of that cast is the sum over
+    devices, exactly what automatic differentiation inserts for a replicated parameter.
+    """
+    leaves = jax.tree_util.tree_leaves(args)
+    axes = frozenset().union(*(_varying_axes(a) for a in leaves))
+    if not axes:
+        return args
+
+    def cast(a):
+        missing = tuple(sorted(axes - _varying_axes(a)))
+        return jax.lax.pcast(a, missing, to="varying") if missing else a
+
+    return jax.tree_util.tree_map(cast, args)
