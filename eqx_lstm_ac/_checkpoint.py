@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import distrax
 import equinox as eqx
@@ -129,7 +129,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
-def _read_header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
+def _read_header(f: io.BufferedIOBase, path: Path) -> tuple[dict[str, Any], int]:
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
         raise ValueError(f"{path}: not an eqx_lstm_ac checkpoint (bad magic bytes).")
@@ -234,7 +234,7 @@ def load(
         raise ValueError(f"{path}: the header describes no valid model: {e}") from None
     stream = io.BytesIO(blob)
 
-    def read_leaf(f: BinaryIO, leaf: Any) -> Any:
+    def read_leaf(f: io.BufferedIOBase, leaf: Any) -> Any:
         if not eqx.is_array(leaf):
             return leaf
         try:
@@ -249,7 +249,16 @@ def load(
             )
         return jax.numpy.asarray(arr)
 
-    model = eqx.tree_deserialise_leaves(stream, like, filter_spec=read_leaf)
+    try:
+        model = eqx.tree_deserialise_leaves(stream, like, filter_spec=read_leaf)
+    except Exception as e:
+        # Equinox wraps the error of a leaf with the leaf's path: report both, plainly.
+        cause: BaseException | None = e
+        while cause is not None and not str(cause).startswith(str(path)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise ValueError(f"{cause} ({e})") from None
     if stream.tell() != len(blob):
         raise ValueError(
             f"{path}: checkpoint weights disagree with its header: "
