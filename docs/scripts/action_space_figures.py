@@ -10,6 +10,7 @@ repository root: `.venv/bin/python docs/scripts/action_space_figures.py` (or
 
 from pathlib import Path
 
+import distrax
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -27,8 +28,8 @@ OUT = Path(__file__).resolve().parents[1] / "images"
 
 def _policy(space, mu, sigma):
     """A policy over one action coordinate (or over `len(mu)` for a vector space)."""
-    bij = lac.LSTMActorCritic(1, len(mu), action_space=space, key=jax.random.key(0)).bij
-    assert bij is not None
+    # lift a scalar bijector to action vectors, as the model does
+    bij = distrax.Block(space, ndims=1) if space.event_ndims_in == 0 else space
     return lac.GaussianPolicy(jnp.asarray(mu), jnp.asarray(sigma), bij)
 
 
