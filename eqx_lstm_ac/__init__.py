@@ -21,4 +21,14 @@ from ._model import (
     LSTMCarry as LSTMCarry,
     SoftplusStdHead as SoftplusStdHead,
 )
+from ._parallel import (
+    check_num_envs as check_num_envs,
+    DATA_AXIS as DATA_AXIS,
+    data_mesh as data_mesh,
+    data_parallel_grad as data_parallel_grad,
+    process_slice as process_slice,
+    replicate as replicate,
+    shard_batch as shard_batch,
+    shard_local_batch as shard_local_batch,
+)
 from ._version import __version__ as __version__

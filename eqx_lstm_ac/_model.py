@@ -358,10 +358,12 @@ class LSTMActorCritic(eqx.Module):
     # ------------------------------------------------------------------ the cell body
 
     def _step(self, x: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
-        """One step of encoder and LSTM for a batch: `x (N, obs_dim)`, carry `(N, H)`.
+        """One step of encoder and LSTM for a batch: `x (..., obs_dim)`, carry `(..., H)`.
 
         Computes exactly what `eqx.nn.LSTMCell` computes (a test holds it), as batched
-        matmuls `(N, I) @ (I, 4H)` rather than a vmap of matrix-vector products."""
+        matmuls `(..., I) @ (I, 4H)` rather than a vmap of matrix-vector products. Every
+        operation acts on the last axis only, so the leading (batch) axes keep whatever
+        sharding they have."""
         h, c = carry
         z = ACTIVATIONS[self.activation](_apply(self.encoder, x))
         cell = self.cell
@@ -408,12 +410,9 @@ class LSTMActorCritic(eqx.Module):
         carry = self.carry(state)
         if tuple(carry.h.shape[:-1]) != lead:
             carry = self.zero_carry(lead)
-        n = math.prod(lead)
-        h, c = self._step(
-            x.reshape(n, self.obs_dim),
-            (carry.h.reshape(n, -1), carry.c.reshape(n, -1)),
-        )
-        carry = LSTMCarry(h.reshape(lead + (-1,)), c.reshape(lead + (-1,)))
+        # No flattening of the leading axes: a reshape would gather a batch axis that is
+        # sharded across devices but not the first one.
+        carry = LSTMCarry(*self._step(x, (carry.h, carry.c)))
         return self._heads(carry.h), self._store(state, carry)
 
     @eqx.filter_jit
@@ -456,9 +455,11 @@ class LSTMActorCritic(eqx.Module):
                 f"got mask of shape {tuple(mask.shape)}."
             )
         carry = self.carry(state)
-        if mask is None or tuple(carry.h.shape[:-1]) != lead:
+        if tuple(carry.h.shape[:-1]) != lead:
             return self._store(state, self.zero_carry(lead))
-        keep = ~mask.reshape(mask.shape + (1,) * len(lead))
+        # Zero through `where` on the old carry, not with fresh zeros, so that the new
+        # carry keeps the old one's placement (e.g. sharded along the batch axis).
+        keep = False if mask is None else ~mask.reshape(mask.shape + (1,) * len(lead))
         carry = LSTMCarry(*(jnp.where(keep, part, 0.0) for part in carry))
         return self._store(state, carry)
 
@@ -550,7 +551,11 @@ class LSTMActorCritic(eqx.Module):
             if episode_start.dtype != jnp.bool_:
                 raise ValueError(f"episode_start must be boolean; got dtype {episode_start.dtype}.")
         if carry is None:
-            carry = self.zero_carry((batch,))
+            # Zeros made from `xs`, not constants: inside `shard_map` they then vary over
+            # the same mesh axes as `xs`, as `lax.scan` requires of its carry.
+            zero = jnp.zeros_like(xs[0, :, :1], jnp.float32)
+            zero = jnp.broadcast_to(zero, (batch, self.lstm_features))
+            carry = LSTMCarry(zero, zero)
         else:
             carry = LSTMCarry(*carry)
             self._check_carry(carry, (batch,))
