@@ -80,8 +80,8 @@ class FreeSpace(ActionSpace):
 class BoxSpace(ActionSpace):
     r"""Actions in a box, each coordinate squashed independently:
 
-    $$y = c + h \tanh(x / w), \qquad c = \tfrac{x_{max} + x_{min}}{2},\quad
-    h = \tfrac{x_{max} - x_{min}}{2}.$$
+    $$y = c + h \tanh(x / w), \qquad c = \frac{x_{max} + x_{min}}{2},\quad
+    h = \frac{x_{max} - x_{min}}{2}.$$
 
     **Arguments:**
 

@@ -92,6 +92,9 @@ class GaussianPolicy(distrax.Transformed):
         self.scale = scale
 
     def entropy(self, input_hint: Array | None = None) -> Array:
+        r"""The entropy of the action, of shape `batch_shape`: exact when the bijector's
+        Jacobian is constant, else $H(X) + E[\log|\det J_f(X)|]$ by quadrature.
+        (`input_hint` is accepted for distrax's signature and ignored.)"""
         del input_hint
         h_x = jnp.asarray(self.distribution.entropy())
         if self.bijector.is_constant_log_det:
