@@ -129,6 +129,38 @@ class SoftplusStdHead(eqx.Module):
         return jax.nn.softplus(_apply(self.linear, features))
 
 
+@eqx.filter_jit
+def _init_layers(
+    key: PRNGKeyArray,
+    obs_dim: int,
+    action_dim: int,
+    hidden_features: int,
+    lstm_features: int,
+    discrete: bool,
+    sigma_head: bool,
+) -> tuple[
+    eqx.nn.Linear,
+    eqx.nn.LSTMCell,
+    eqx.nn.Linear,
+    "LogStdParameter | SoftplusStdHead | None",
+    eqx.nn.Linear,
+]:
+    """The initial layers, made in one compiled call (sizes are static): op by op, the
+    many small initialisers would each compile on first use, which is slow."""
+    k_enc, k_cell, k_mu, k_sigma, k_critic = jax.random.split(key, 5)
+    encoder = _linear(k_enc, obs_dim, hidden_features, math.sqrt(2.0))
+    cell = _init_cell(k_cell, hidden_features, lstm_features)
+    actor_mu = _linear(k_mu, lstm_features, action_dim, gain=0.01 if discrete else 1.0)
+    if discrete:
+        sigma = None
+    elif sigma_head:
+        sigma = SoftplusStdHead(lstm_features, action_dim, key=k_sigma)
+    else:
+        sigma = LogStdParameter(action_dim)
+    critic = _linear(k_critic, lstm_features, 1, gain=0.01)
+    return encoder, cell, actor_mu, sigma, critic
+
+
 class LSTMActorCritic(eqx.Module):
     r"""A recurrent actor-critic: an MLP encoder, a single-layer LSTM torso, and linear
     policy and value heads.
@@ -243,8 +275,6 @@ class LSTMActorCritic(eqx.Module):
             )
         if discrete and actor_sigma_head:
             raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
-        k_enc, k_cell, k_mu, k_sigma, k_critic = jax.random.split(key, 5)
-
         self.obs_dim = observation_space_size
         self.action_dim = action_space_size
         self.hidden_features = hidden_features
@@ -254,21 +284,15 @@ class LSTMActorCritic(eqx.Module):
         self.discrete = discrete
         self.remat = remat
 
-        self.encoder = _linear(k_enc, observation_space_size, hidden_features, math.sqrt(2.0))
-        self.cell = _init_cell(k_cell, hidden_features, lstm_features)
-        self.actor_mu = _linear(
-            k_mu, lstm_features, action_space_size, gain=0.01 if discrete else 1.0
+        layers = _init_layers(
+            key, observation_space_size, action_space_size, hidden_features, lstm_features,
+            discrete, actor_sigma_head,
         )
+        self.encoder, self.cell, self.actor_mu, self.actor_sigma, self.critic = layers
         if discrete:
-            self.actor_sigma = None
             self.bij = None
         else:
-            if actor_sigma_head:
-                self.actor_sigma = SoftplusStdHead(lstm_features, action_space_size, key=k_sigma)
-            else:
-                self.actor_sigma = LogStdParameter(action_space_size)
             self.bij = _lift(FreeSpace() if action_space is None else action_space)
-        self.critic = _linear(k_critic, lstm_features, 1, gain=0.01)
         self.carry_index = eqx.nn.StateIndex(self.zero_carry(tuple(carry_shape)))
 
     # ------------------------------------------------------------------ properties
