@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import distrax
 import equinox as eqx
@@ -141,7 +141,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
-def _read_header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
+def _read_header(f: io.BufferedIOBase, path: Path) -> tuple[dict[str, Any], int]:
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
         raise ValueError(f"{path}: not an eqx_lstm_ac checkpoint (bad magic bytes).")
@@ -275,7 +275,7 @@ def load(
         raise ValueError(f"{path}: the header describes no valid model: {e}") from None
     stream = io.BytesIO(blob)
 
-    def read_leaf(f: BinaryIO, leaf: Any) -> Any:
+    def read_leaf(f: io.BufferedIOBase, leaf: Any) -> Any:
         if not eqx.is_array(leaf):
             return leaf
         try:

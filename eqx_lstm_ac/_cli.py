@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 import equinox as eqx
 import jax
@@ -118,14 +118,14 @@ def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _serialise_leaf(f: BinaryIO, x: Any) -> None:
+def _serialise_leaf(f: io.BufferedIOBase, x: Any) -> None:
     if _is_key(x):
         np.save(f, np.asarray(jax.random.key_data(x)), allow_pickle=False)
     elif eqx.is_array(x):
         np.save(f, np.asarray(x), allow_pickle=False)
 
 
-def _deserialise_leaf(f: BinaryIO, x: Any) -> Any:
+def _deserialise_leaf(f: io.BufferedIOBase, x: Any) -> Any:
     if not (_is_key(x) or eqx.is_array(x)):
         return x
     arr = np.load(f, allow_pickle=False)

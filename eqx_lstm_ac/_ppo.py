@@ -28,7 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree
 
 from ._baseline import MLPActorCritic
 from ._envs import Environment
@@ -352,7 +352,7 @@ def ppo_loss(
     return loss, aux
 
 
-def _split_keys(key: PRNGKeyArray, n: int) -> PRNGKeyArray:
+def _split_keys(key: PRNGKeyArray, n: int) -> Key[Array, " n"]:
     return jax.random.split(key, n)
 
 
@@ -652,7 +652,10 @@ class PPO(eqx.Module):
             params, opt_state = carry
             model = eqx.combine(params, static)
             grads, aux = self.grads(model, mb)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            # optax mixes integer step counts into float arithmetic: allow it under a
+            # strict dtype-promotion setting.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = optimizer.update(grads, opt_state, params)
             params = eqx.apply_updates(params, updates)
             return (params, opt_state), aux
 
@@ -692,7 +695,8 @@ class PPO(eqx.Module):
         metrics["episodes"] = count
         metrics["mean_return"] = jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
         step = (ts.update - 1) * self.config.num_epochs * self.config.num_minibatches
-        metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
+        with jax.numpy_dtype_promotion("standard"):
+            metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
         return ts, metrics
 
 
