@@ -668,11 +668,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = _spec_from_args(args, base)
     else:
         spec = _spec_from_args(args, None)
-        run_dir = Path(
-            args.out
-            if args.out is not None
-            else Path("runs") / _slug(f"{spec.env}-{spec.model}-s{spec.seed}")
-        )
+        if args.out is not None:
+            run_dir = Path(args.out)
+        else:  # the default directory: a fresh one, never one that holds a run
+            stem = Path("runs") / _slug(f"{spec.env}-{spec.model}-s{spec.seed}")
+            run_dir, n = stem, 1
+            while run_dir.exists():
+                n += 1
+                run_dir = stem.with_name(f"{stem.name}-{n}")
         if (run_dir / "run.json").exists() or _checkpoint_dirs(run_dir):
             raise CLIError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose "
