@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = dict(
     ent_coef=0.0,
     gamma=0.99,
     gae_lambda=0.95,
+    reward_scale=1.0,
     clip_eps=0.2,
     max_grad_norm=0.5,
 )
@@ -337,6 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ent-coef", type=_float, default=None, help="entropy bonus weight")
     g.add_argument("--gamma", type=_float, default=None, help="discount")
     g.add_argument("--gae-lambda", type=_float, default=None, help="GAE lambda")
+    g.add_argument(
+        "--reward-scale",
+        type=_float,
+        default=None,
+        help="multiply rewards by this for training (e.g. 0.1 for CartPole; default 1)",
+    )
     g.add_argument("--clip-eps", type=_float, default=None, help="policy clip range")
     g.add_argument("--max-grad-norm", type=_float, default=None, help="gradient clipping")
 
@@ -593,6 +600,7 @@ def _spec_from_args(args: argparse.Namespace, base: dict[str, Any] | None) -> Ru
         "ent_coef": ("ent_coef", args.ent_coef),
         "gamma": ("gamma", args.gamma),
         "gae_lambda": ("gae_lambda", args.gae_lambda),
+        "reward_scale": ("reward_scale", args.reward_scale),
         "clip_eps": ("clip_eps", args.clip_eps),
         "max_grad_norm": ("max_grad_norm", args.max_grad_norm),
     }

@@ -106,6 +106,9 @@ class PPOConfig:
       steps, each started from the carry stored at its first step. `None` (default):
       one sequence per environment, the whole rollout.
     - `gamma`, `gae_lambda`: discount and GAE parameter.
+    - `reward_scale`: rewards are multiplied by this for the advantages and value
+      targets (not in the reported returns). Values of order one train best: e.g. `0.1`
+      for CartPole's reward of one per step.
     - `clip_eps`: the policy-ratio clip range.
     - `clip_value`: the value clip range around the rollout's values; `None` for an
       unclipped value loss.
@@ -129,6 +132,7 @@ class PPOConfig:
     bptt_chunk: int | None = None
     gamma: float = 0.99
     gae_lambda: float = 0.95
+    reward_scale: float = 1.0
     clip_eps: float = 0.2
     clip_value: float | None = 0.2
     vf_coef: float = 0.5
@@ -163,7 +167,7 @@ class PPOConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
-        for name in ("clip_eps", "learning_rate", "max_grad_norm"):
+        for name in ("clip_eps", "learning_rate", "max_grad_norm", "reward_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
         if self.clip_value is not None and not self.clip_value > 0:
@@ -382,6 +386,17 @@ class PPO(eqx.Module):
       environments: gradients and diagnostics are averaged over this named axis (each
       device runs `num_envs` environments). `None` on one device.
 
+    !!! info "Data parallelism"
+        Everything per environment (rollout, GAE, sequences) is local; the only
+        cross-device step is the gradient average in [`eqx_lstm_ac.PPO.grads`][] (and
+        the episode counts of `train_step`). Under `shard_map` over a mesh axis named
+        `axis_name`, shard the environment-batched leaves of the
+        [`eqx_lstm_ac.TrainState`][] (`env_state`, `obs`, `episode_start`,
+        `episode_return`, the carry in `model_state`) over that axis, replicate the model
+        and the optimiser state, and give each device its own key (e.g.
+        `jax.random.fold_in(key, jax.lax.axis_index(axis_name))`). Advantages are
+        normalised per minibatch on each device.
+
     !!! example
         ```python
         import jax, eqx_lstm_ac as lac
@@ -559,13 +574,14 @@ class PPO(eqx.Module):
     def advantages(
         self, traj: Trajectory, last_value: Float[Array, " B"]
     ) -> tuple[Float[Array, "T B"], Float[Array, "T B"]]:
-        """GAE of a rollout ([`eqx_lstm_ac.compute_gae`][]): the next values are the
-        following steps' values, the final observation's value where an episode was
-        truncated, and `last_value` after the last step."""
+        """GAE of a rollout ([`eqx_lstm_ac.compute_gae`][]) on rewards times
+        `reward_scale`: the next values are the following steps' values, the final
+        observation's value where an episode was truncated, and `last_value` after the
+        last step."""
         next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
         next_values = jnp.where(traj.truncated, traj.final_value, next_values)
         return compute_gae(
-            traj.reward,
+            traj.reward * self.config.reward_scale,
             traj.value,
             next_values,
             traj.terminated,
