@@ -220,7 +220,9 @@ def part_sb3(args: argparse.Namespace) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    # One intra-op thread: with two on this shared 2-core machine, a batch-8 LSTM step
+    # took ~23 ms instead of ~0.15 ms (threads spinning against each other).
+    torch.set_num_threads(args.sb3_threads)
     task = lac.MemoryTask(delay=args.delay)
     reset = jax.jit(task.reset)
     step = jax.jit(task.step)
@@ -333,6 +335,7 @@ def part_sb3(args: argparse.Namespace) -> None:
                 "lstm_hidden_size": 32,
                 "net_arch": "pi=[32], vf=[32]",
                 "time_cap_s": args.sb3_seconds,
+                "torch_threads": args.sb3_threads,
             },
             "machine": _machine(),
             "runs": runs,
@@ -409,6 +412,7 @@ def main() -> None:
     parser.add_argument("--sb3-seeds", type=int, default=1)
     parser.add_argument("--sb3-envs", type=int, default=8)
     parser.add_argument("--sb3-seconds", type=float, default=480.0, help="wall-clock cap")
+    parser.add_argument("--sb3-threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
     {"memory": part_memory, "pomdp": part_pomdp, "sb3": part_sb3, "report": part_report}[
         args.part
