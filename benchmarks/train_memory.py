@@ -149,8 +149,14 @@ def run_ours(
     return out
 
 
+# sb3-contrib's settings in `part_sb3`: 8 environments, rollouts of 128 steps, minibatches
+# of 256 steps (two sequences).
+MATCHED_CONFIG = {**MEMORY_CONFIG, "num_envs": 8}
+
+
 def part_memory(args: argparse.Namespace) -> None:
     env = lac.MemoryTask(delay=args.delay)
+    config = MATCHED_CONFIG if args.matched else MEMORY_CONFIG
     print(f"memory task {env.name}: {args.steps:,} steps per run, seeds {args.seeds}")
     runs = [
         run_ours(
@@ -158,23 +164,24 @@ def part_memory(args: argparse.Namespace) -> None:
             kind,
             seed,
             args.steps,
-            MEMORY_CONFIG,
+            config,
             MEMORY_SIZES,
             args.threshold,
             args.eval_episodes,
         )
-        for kind in ("lstm", "mlp")
+        for kind in (("lstm",) if args.matched else ("lstm", "mlp"))
         for seed in range(args.seeds)
     ]
     _merge(
         args.results,
-        "memory",
+        ("memory" if args.delay == 16 else f"memory_d{args.delay}")
+        + ("_matched" if args.matched else ""),
         {
             "task": env.name,
             "delay": args.delay,
             "optimum_return": env.optimum_return,
             "chance_return": env.chance_return,
-            "config": {**MEMORY_CONFIG, **MEMORY_SIZES},
+            "config": {**config, **MEMORY_SIZES},
             "machine": _machine(),
             "runs": runs,
         },
@@ -324,7 +331,7 @@ def part_sb3(args: argparse.Namespace) -> None:
 
     _merge(
         args.results,
-        "sb3",
+        "sb3" if args.delay == 16 else f"sb3_d{args.delay}",
         {
             "task": task.name,
             "library": f"sb3-contrib {sb3_contrib.__version__}, torch {torch.__version__}",
@@ -391,17 +398,29 @@ def part_report(args: argparse.Namespace) -> None:
                 f"eval {run['eval_return']:.3f} {run['steps_per_s']:,.0f} steps/s "
                 f"to-threshold {run['seconds_to_threshold']}"
             )
-    for run in data.get("sb3", {}).get("runs", []):
-        print(
-            f"  sb3 seed {run['seed']}: {run['steps_per_s']:,.0f} steps/s, to threshold "
-            f"{run['seconds_to_threshold']} s / {run['steps_to_threshold']} steps"
-        )
+    for name in sorted(k for k in data if k.startswith("memory_")):
+        print(f"\n{name}:")
+        for run in data[name]["runs"]:
+            print(
+                f"  {run['model']} seed {run['seed']}: final {run['final_train_return']:.3f} "
+                f"{run['steps_per_s']:,.0f} steps/s to-threshold {run['seconds_to_threshold']} s"
+                f" / {run['steps_to_threshold']} steps"
+            )
+    for name in sorted(k for k in data if k.startswith("sb3")):
+        for run in data[name]["runs"]:
+            print(
+                f"  {name} seed {run['seed']}: {run['steps_per_s']:,.0f} steps/s, to threshold "
+                f"{run['seconds_to_threshold']} s / {run['steps_to_threshold']} steps"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("memory", "pomdp", "sb3", "report"))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--matched", action="store_true", help="memory: sb3-contrib's 8 envs instead of 64"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--delay", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1_500_000, help="budget per memory run")
