@@ -8,11 +8,20 @@ from ._action_spaces import (
     FreeSpace as FreeSpace,
     MaxNormSpace as MaxNormSpace,
 )
+from ._baseline import MLPActorCritic as MLPActorCritic
 from ._checkpoint import load as load, read_header as read_header, save as save
 from ._distributions import (
     CategoricalPolicy as CategoricalPolicy,
     expected_log_det as expected_log_det,
     GaussianPolicy as GaussianPolicy,
+)
+from ._envs import (
+    Environment as Environment,
+    GymnaxEnv as GymnaxEnv,
+    HideObservation as HideObservation,
+    make_env as make_env,
+    MemoryState as MemoryState,
+    MemoryTask as MemoryTask,
 )
 from ._model import (
     ACTIVATIONS as ACTIVATIONS,
@@ -31,5 +40,18 @@ from ._parallel import (
     shard_batch as shard_batch,
     shard_local_batch as shard_local_batch,
 )
-from ._rollout import rollout as rollout, Trajectory as Trajectory
+from ._rollout import Rollout as Rollout, rollout as rollout
+from ._ppo import (
+    ActorCritic as ActorCritic,
+    Batch as Batch,
+    compute_gae as compute_gae,
+    evaluate_policy as evaluate_policy,
+    make_model as make_model,
+    PPO as PPO,
+    ppo_loss as ppo_loss,
+    PPOConfig as PPOConfig,
+    train as train,
+    TrainState as TrainState,
+    Trajectory as Trajectory,
+)
 from ._version import __version__ as __version__

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from ._action_spaces import ACTION_SPACES
+from ._baseline import MLPActorCritic
 from ._model import ACTIVATIONS, LSTMActorCritic
 from ._version import __version__
 
@@ -34,6 +35,13 @@ MAGIC = b"EQXLSTMAC\n"
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<Q")
 _MAX_HEADER = 1 << 20
+
+_MODELS: dict[str, type[LSTMActorCritic] | type[MLPActorCritic]] = {
+    "LSTMActorCritic": LSTMActorCritic,
+    "MLPActorCritic": MLPActorCritic,
+}
+"""The model classes a checkpoint can name (a fixed table; a header without a `model`
+entry holds an `LSTMActorCritic`)."""
 
 
 def _space_from_header(desc: Any, path: Path, action_space: distrax.Bijector | None):
@@ -60,7 +68,7 @@ def _space_from_header(desc: Any, path: Path, action_space: distrax.Bijector | N
     return ACTION_SPACES[kind](**args)
 
 
-def save(path: str | os.PathLike, model: LSTMActorCritic) -> None:
+def save(path: str | os.PathLike, model: LSTMActorCritic | MLPActorCritic) -> None:
     """Save `model` to the file `path`.
 
     The file holds a JSON header (format version, library version, `model.metadata`,
@@ -74,14 +82,17 @@ def save(path: str | os.PathLike, model: LSTMActorCritic) -> None:
     **Arguments:**
 
     - `path`: where to write.
-    - `model`: an [`eqx_lstm_ac.LSTMActorCritic`][].
+    - `model`: an [`eqx_lstm_ac.LSTMActorCritic`][] (or the feed-forward
+      [`eqx_lstm_ac.MLPActorCritic`][]).
 
     **Raises:**
 
-    `TypeError` if `model` is not an `LSTMActorCritic`.
+    `TypeError` if `model` is neither.
     """
-    if not isinstance(model, LSTMActorCritic):
-        raise TypeError(f"save expects an LSTMActorCritic; got {type(model).__name__}.")
+    if not isinstance(model, (LSTMActorCritic, MLPActorCritic)):
+        raise TypeError(
+            f"save expects an LSTMActorCritic or MLPActorCritic; got {type(model).__name__}."
+        )
     path = Path(path)
     weights = io.BytesIO()
     eqx.tree_serialise_leaves(weights, eqx.nn.delete_init_state(model))
@@ -91,6 +102,7 @@ def save(path: str | os.PathLike, model: LSTMActorCritic) -> None:
         "library": "eqx_lstm_ac",
         "library_version": __version__,
         "metadata": model.metadata,
+        "model": type(model).__name__,
         "weights_nbytes": len(blob),
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
     }
@@ -160,20 +172,46 @@ def _read_header(f: io.BufferedIOBase, path: Path) -> tuple[dict[str, Any], int]
     return header, len(MAGIC) + _LEN.size + n
 
 
-_INT_KEYS = ("observation_space_size", "action_space_size", "hidden_features", "lstm_features")
-_BOOL_KEYS = ("actor_sigma_head", "discrete", "remat")
+_INT_KEYS = {
+    "LSTMActorCritic": (
+        "observation_space_size",
+        "action_space_size",
+        "hidden_features",
+        "lstm_features",
+    ),
+    "MLPActorCritic": (
+        "observation_space_size",
+        "action_space_size",
+        "hidden_features",
+        "features",
+    ),
+}
+_BOOL_KEYS = {
+    "LSTMActorCritic": ("actor_sigma_head", "discrete", "remat"),
+    "MLPActorCritic": ("actor_sigma_head", "discrete"),
+}
 
 
-def _model_kwargs(meta: Any, path: Path) -> dict[str, Any]:
+def _model_class(header: dict[str, Any], path: Path) -> str:
+    name = header.get("model", "LSTMActorCritic")
+    if name not in _MODELS:
+        raise ValueError(
+            f"{path}: unknown model class {name!r} in checkpoint; expected one of "
+            f"{sorted(_MODELS)}."
+        )
+    return name
+
+
+def _model_kwargs(meta: Any, path: Path, model: str = "LSTMActorCritic") -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: corrupt checkpoint header (metadata is not an object).")
     kwargs: dict[str, Any] = {}
-    for key in _INT_KEYS:
+    for key in _INT_KEYS[model]:
         value = meta.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{path}: corrupt checkpoint header: bad {key} {value!r}.")
         kwargs[key] = value
-    for key in _BOOL_KEYS:
+    for key in _BOOL_KEYS[model]:
         value = meta.get(key, False)
         if not isinstance(value, bool):
             raise ValueError(f"{path}: corrupt checkpoint header: bad {key} {value!r}.")
@@ -190,7 +228,7 @@ def _model_kwargs(meta: Any, path: Path) -> dict[str, Any]:
 
 def load(
     path: str | os.PathLike, *, action_space: distrax.Bijector | None = None
-) -> LSTMActorCritic:
+) -> LSTMActorCritic | MLPActorCritic:
     """Load a model saved with [`eqx_lstm_ac.save`][].
 
     The model is rebuilt from the header's metadata and its arrays are read back with
@@ -206,7 +244,8 @@ def load(
 
     **Returns:**
 
-    The [`eqx_lstm_ac.LSTMActorCritic`][].
+    The [`eqx_lstm_ac.LSTMActorCritic`][] (or [`eqx_lstm_ac.MLPActorCritic`][], if
+    that is what was saved).
 
     **Raises:**
 
@@ -218,7 +257,8 @@ def load(
     data = path.read_bytes()
     header, offset = _read_header(io.BytesIO(data), path)
     meta = header["metadata"]
-    kwargs = _model_kwargs(meta, path)
+    model_class = _model_class(header, path)
+    kwargs = _model_kwargs(meta, path, model_class)
     kwargs["action_space"] = _space_from_header(meta.get("action_space"), path, action_space)
     blob = data[offset:]
     if len(blob) != header["weights_nbytes"]:
@@ -229,7 +269,8 @@ def load(
     if hashlib.sha256(blob).hexdigest() != header["weights_sha256"]:
         raise ValueError(f"{path}: corrupt checkpoint: the weights fail their checksum.")
     try:
-        like, _ = eqx.nn.make_with_state(LSTMActorCritic)(**kwargs, key=jax.random.key(0))
+        cls: Any = _MODELS[model_class]
+        like, _ = eqx.nn.make_with_state(cls)(**kwargs, key=jax.random.key(0))
     except ValueError as e:
         raise ValueError(f"{path}: the header describes no valid model: {e}") from None
     stream = io.BytesIO(blob)

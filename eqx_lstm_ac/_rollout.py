@@ -11,7 +11,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 from ._model import LSTMActorCritic, LSTMCarry
 
 
-class Trajectory(NamedTuple):
+class Rollout(NamedTuple):
     """What [`eqx_lstm_ac.rollout`][] collected, time-major: `(T, B, ...)`.
 
     - `observations`: `(T, B, obs_dim)`, the observation each action was chosen from.
@@ -47,7 +47,7 @@ def rollout(
     *,
     key: PRNGKeyArray,
     deterministic: bool = False,
-) -> tuple[Trajectory, tuple[eqx.nn.State, PyTree, Float[Array, "B obs"], Bool[Array, " B"]]]:
+) -> tuple[Rollout, tuple[eqx.nn.State, PyTree, Float[Array, "B obs"], Bool[Array, " B"]]]:
     """Run `num_steps` steps of policy and environment in one compiled `jax.lax.scan`.
 
     A Python loop of jitted single steps pays the dispatch of each call (tens to
@@ -74,7 +74,7 @@ def rollout(
     **Returns:**
 
     `(trajectory, (state, env_state, obs, episode_start))`: the
-    [`eqx_lstm_ac.Trajectory`][] of the `T` steps, and everything needed to continue
+    [`eqx_lstm_ac.Rollout`][] of the `T` steps, and everything needed to continue
     with the next rollout.
 
     **Raises:**
@@ -115,6 +115,6 @@ def rollout(
     ((h, c), env_state, obs, episode_start), outs = jax.lax.scan(
         body, loop0, jax.random.split(key, num_steps)
     )
-    trajectory = Trajectory(*outs, carry=carry0)
+    trajectory = Rollout(*outs, carry=carry0)
     state = model._store(state, LSTMCarry(h, c))
     return trajectory, (state, env_state, obs, episode_start)

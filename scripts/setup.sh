@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install the project with its development extras into it.
+# Create .venv (once) and install the project with its development extras and the `train`
+# extra (matplotlib, for the learning-curve PNG) into it. More extras: EXTRAS=gymnax,bench-train.
 # Re-running is cheap: pip only installs what changed in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 stamp=.venv/.eqx_lstm_ac-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q -e ".[dev${EXTRAS:+,$EXTRAS}]"
-  touch "$stamp"
+extras="dev,train${EXTRAS:+,$EXTRAS}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$extras" ]; then
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  echo "$extras" > "$stamp"
 fi

@@ -1,0 +1,820 @@
+r"""Recurrent PPO, pure JAX and compiled end to end.
+
+One update ([`eqx_lstm_ac.PPO.train_step`][]) is a rollout followed by PPO epochs:
+
+1. **Rollout.** A `jax.lax.scan` of single model steps over `num_steps` steps of
+   `num_envs` environments (`jax.vmap` of the environment's pure functions). Before each
+   step the carry of the environments whose observation starts an episode is zeroed
+   (`model.reset(state, shape, mask=episode_start)`), and the carry *before* that reset
+   is stored with the step.
+2. **Advantages.** GAE, bootstrapping from the value of the final observation when an
+   episode was truncated (time limit) and from nothing when it terminated; the carry is
+   reset after both.
+3. **Epochs.** The rollout is cut into sequences of `bptt_chunk` steps (the whole
+   rollout by default); each sequence keeps one environment's steps together and starts
+   from the carry stored at its first step, with the stored `episode_start` flags, so the
+   recomputed log-probabilities of the first epoch equal the rollout's: the probability
+   ratio starts at exactly one. Minibatches are random sets of whole sequences.
+
+The gradient is computed in one place, [`eqx_lstm_ac.PPO.grads`][], which averages it
+over a named device axis when one is given (for `shard_map`/`pmap` over environments).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree
+
+from ._baseline import MLPActorCritic
+from ._envs import Environment
+from ._model import LSTMActorCritic
+
+
+ActorCritic = LSTMActorCritic | MLPActorCritic
+"""Either model: both have the calling interface the trainer uses."""
+
+MODELS = ("lstm", "mlp")
+
+
+def make_model(
+    env: Environment,
+    model: Literal["lstm", "mlp"] = "lstm",
+    hidden_features: int = 64,
+    features: int = 64,
+    activation: str = "gelu",
+    *,
+    key: PRNGKeyArray,
+) -> ActorCritic:
+    """A model with the sizes and action space of `env`.
+
+    **Arguments:**
+
+    - `env`: the [`eqx_lstm_ac.Environment`][] to act in.
+    - `model`: `"lstm"` for [`eqx_lstm_ac.LSTMActorCritic`][], `"mlp"` for the
+      feed-forward baseline [`eqx_lstm_ac.MLPActorCritic`][].
+    - `hidden_features`: the encoder's width.
+    - `features`: `lstm_features` of the LSTM, or the second layer's width of the MLP.
+    - `activation`: the encoder's activation, by name.
+    - `key`: a `jax.random.key`. (Keyword only.)
+
+    **Returns:**
+
+    The model (without its initial state: make one with `model.init_state(...)`).
+
+    **Raises:**
+
+    `ValueError` for an unknown `model`.
+    """
+    common: dict[str, Any] = dict(
+        observation_space_size=env.observation_size,
+        action_space_size=env.action_size,
+        hidden_features=hidden_features,
+        activation=activation,
+        action_space=env.action_space,
+        discrete=env.discrete,
+        key=key,
+    )
+    if model == "lstm":
+        out, _ = eqx.nn.make_with_state(LSTMActorCritic)(lstm_features=features, **common)
+    elif model == "mlp":
+        out, _ = eqx.nn.make_with_state(MLPActorCritic)(features=features, **common)
+    else:
+        raise ValueError(f"Unknown model {model!r}; expected one of {MODELS}.")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """The hyperparameters of [`eqx_lstm_ac.PPO`][].
+
+    **Arguments:**
+
+    - `num_envs`: environments stepped in parallel.
+    - `num_steps`: rollout length per environment and update.
+    - `total_steps`: the budget in environment steps; the number of updates is
+      `total_steps // (num_envs * num_steps)` (at least one) and sets the length of the
+      learning-rate schedule.
+    - `num_epochs`: passes over each rollout.
+    - `num_minibatches`: minibatches per epoch; each holds
+      `num_envs * (num_steps // bptt_chunk) / num_minibatches` whole sequences.
+    - `bptt_chunk`: truncated BPTT length: the rollout is cut into sequences of this many
+      steps, each started from the carry stored at its first step. `None` (default):
+      one sequence per environment, the whole rollout.
+    - `gamma`, `gae_lambda`: discount and GAE parameter.
+    - `reward_scale`: rewards are multiplied by this for the advantages and value
+      targets (not in the reported returns). Values of order one train best: e.g. `0.1`
+      for CartPole's reward of one per step.
+    - `clip_eps`: the policy-ratio clip range.
+    - `clip_value`: the value clip range around the rollout's values; `None` for an
+      unclipped value loss.
+    - `vf_coef`, `ent_coef`: weights of the value loss and of the entropy bonus.
+    - `learning_rate`: the initial learning rate of Adam.
+    - `lr_schedule`: `"linear"` (decay to zero over the budget), `"cosine"` or
+      `"constant"`.
+    - `max_grad_norm`: global-norm gradient clipping.
+    - `normalize_advantages`: normalise advantages per minibatch.
+
+    **Raises:**
+
+    `ValueError` for a value out of range or sizes that do not divide.
+    """
+
+    num_envs: int = 64
+    num_steps: int = 64
+    total_steps: int = 1_000_000
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    bptt_chunk: int | None = None
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    reward_scale: float = 1.0
+    clip_eps: float = 0.2
+    clip_value: float | None = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    learning_rate: float = 3e-4
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = 0.5
+    normalize_advantages: bool = True
+
+    def __post_init__(self):
+        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.total_steps, int) or self.total_steps < 0:
+            raise ValueError(
+                f"total_steps must be a non-negative integer, got {self.total_steps!r}."
+            )
+        chunk = self.sequence_length
+        if self.num_steps % chunk != 0 or chunk < 1:
+            raise ValueError(
+                f"bptt_chunk={self.bptt_chunk} must be a positive divisor of "
+                f"num_steps={self.num_steps}."
+            )
+        if self.num_sequences % self.num_minibatches != 0:
+            raise ValueError(
+                f"The rollout holds {self.num_sequences} sequences (num_envs={self.num_envs} "
+                f"x {self.num_steps // chunk} chunks), which num_minibatches="
+                f"{self.num_minibatches} does not divide."
+            )
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
+        for name in ("clip_eps", "learning_rate", "max_grad_norm", "reward_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
+        if self.clip_value is not None and not self.clip_value > 0:
+            raise ValueError(f"clip_value must be positive or None, got {self.clip_value!r}.")
+        if self.lr_schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(
+                f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}."
+            )
+
+    @property
+    def sequence_length(self) -> int:
+        """The length of a training sequence: `bptt_chunk`, or `num_steps`."""
+        return self.num_steps if self.bptt_chunk is None else self.bptt_chunk
+
+    @property
+    def num_sequences(self) -> int:
+        """Training sequences per rollout."""
+        return self.num_envs * (self.num_steps // self.sequence_length)
+
+    @property
+    def steps_per_update(self) -> int:
+        """Environment steps per update, `num_envs * num_steps`."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Updates in the budget (at least one)."""
+        return max(1, self.total_steps // self.steps_per_update)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PPOConfig":
+        """The inverse of `to_dict`.
+
+        **Raises:**
+
+        `ValueError` for unknown fields or invalid values."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"Unknown PPOConfig field(s): {sorted(unknown)}.")
+        return cls(**data)
+
+
+class Trajectory(NamedTuple):
+    """What a rollout stores, time-major `(T, B, ...)`.
+
+    `episode_start[t, b]` is the flag of the observation the action of step `t` was taken
+    on; `carry[t]` is the carry held *before* step `t`'s reset (so
+    `model.sequence(obs[t:], carry=carry[t], episode_start=episode_start[t:])`
+    recomputes the rollout from step `t` on). `final_value[t, b]` is the value of the
+    final observation of an episode truncated at step `t` (zero elsewhere).
+    """
+
+    obs: Float[Array, "T B obs"]
+    action: Float[Array, "T B action"] | Int[Array, "T B"]
+    log_prob: Float[Array, "T B"]
+    value: Float[Array, "T B"]
+    reward: Float[Array, "T B"]
+    terminated: Bool[Array, "T B"]
+    truncated: Bool[Array, "T B"]
+    episode_start: Bool[Array, "T B"]
+    carry: PyTree
+    final_value: Float[Array, "T B"]
+
+
+class TrainState(eqx.Module):
+    """Everything an update changes: the model, the optimiser's state, the environments
+    and the carry, the random key and the update counter. A pytree of arrays (and the
+    model's static parts), so it can be passed through `jit` and serialised."""
+
+    model: ActorCritic
+    opt_state: PyTree
+    model_state: eqx.nn.State
+    env_state: PyTree
+    obs: Float[Array, "B obs"]
+    episode_start: Bool[Array, " B"]
+    episode_return: Float[Array, " B"]
+    key: PRNGKeyArray
+    update: Int[Array, ""]
+
+
+def compute_gae(
+    rewards: Float[Array, "T B"],
+    values: Float[Array, "T B"],
+    next_values: Float[Array, "T B"],
+    terminated: Bool[Array, "T B"],
+    truncated: Bool[Array, "T B"],
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Float[Array, "T B"], Float[Array, "T B"]]:
+    r"""Generalised advantage estimation that tells termination from truncation.
+
+    With $d_t$ = terminated or truncated at step $t$,
+
+    $$\delta_t = r_t + \gamma\,(1 - \text{terminated}_t)\,V'_t - V_t, \qquad
+    A_t = \delta_t + \gamma\lambda\,(1 - d_t)\,A_{t+1},$$
+
+    where $V'_t$ = `next_values[t]` is the value of the observation step $t$ led to: the
+    next step's value inside an episode, the value of the episode's *final* observation
+    when it was truncated at $t$ (so the truncated tail is bootstrapped), and anything
+    when it terminated (it is multiplied by zero). The recursion never crosses an
+    episode boundary.
+
+    **Arguments:**
+
+    - `rewards`, `values`, `next_values`: `(T, B)`.
+    - `terminated`, `truncated`: boolean `(T, B)`, the ends of episodes at step `t`.
+    - `gamma`, `gae_lambda`: discount and GAE parameter.
+
+    **Returns:**
+
+    `(advantages, returns)`, each `(T, B)`, with `returns = advantages + values`.
+    """
+    not_terminated = jnp.where(terminated, 0.0, 1.0)
+    not_done = jnp.where(terminated | truncated, 0.0, 1.0)
+    deltas = rewards + gamma * not_terminated * next_values - values
+
+    def body(next_adv, inp):
+        delta, cont = inp
+        adv = delta + gamma * gae_lambda * cont * next_adv
+        return adv, adv
+
+    _, advantages = jax.lax.scan(body, jnp.zeros_like(rewards[0]), (deltas, not_done), reverse=True)
+    return advantages, advantages + values
+
+
+class Batch(NamedTuple):
+    """Training sequences `(L, N, ...)` and their initial carries `(N, ...)`."""
+
+    obs: Array
+    action: Array
+    log_prob: Array
+    value: Array
+    advantage: Array
+    target: Array
+    episode_start: Array
+    carry: PyTree
+
+
+def ppo_loss(
+    model: ActorCritic, batch: Batch, config: PPOConfig
+) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """The PPO loss of one minibatch of sequences.
+
+    Clipped surrogate policy loss, clipped (or plain) squared value loss, minus the
+    entropy bonus; the model is run over the sequences with
+    `model.evaluate(obs, action, carry=batch.carry, episode_start=batch.episode_start)`.
+
+    **Returns:**
+
+    `(loss, aux)` with `aux` holding the parts of the loss and diagnostics
+    (`approx_kl`, `clip_fraction`, `ratio`).
+    """
+    log_prob, entropy, value = model.evaluate(
+        batch.obs, batch.action, batch.carry, batch.episode_start
+    )
+    log_ratio = log_prob - batch.log_prob
+    ratio = jnp.exp(log_ratio)
+    adv = batch.advantage
+    if config.normalize_advantages:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    clipped = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+    policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
+    value_loss = (value - batch.target) ** 2
+    if config.clip_value is not None:
+        v_clipped = batch.value + jnp.clip(
+            value - batch.value, -config.clip_value, config.clip_value
+        )
+        value_loss = jnp.maximum(value_loss, (v_clipped - batch.target) ** 2)
+    value_loss = 0.5 * jnp.mean(value_loss)
+    ent = jnp.mean(entropy)
+    loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * ent
+    aux = {
+        "loss": loss,
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": ent,
+        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        "clip_fraction": jnp.mean(jnp.where(jnp.abs(ratio - 1.0) > config.clip_eps, 1.0, 0.0)),
+        "ratio": jnp.mean(ratio),
+    }
+    return loss, aux
+
+
+def _split_keys(key: PRNGKeyArray, n: int) -> Key[Array, " n"]:
+    return jax.random.split(key, n)
+
+
+def _strong(tree: PyTree) -> PyTree:
+    """Drop weak types (a reset's `0` and a step's `int32` must give one scan carry)."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
+def _where_tree(mask: Bool[Array, " B"], a: PyTree, b: PyTree) -> PyTree:
+    def pick(x, y):
+        m = mask.reshape(mask.shape + (1,) * (jnp.ndim(x) - 1))
+        return jnp.where(m, x, y)
+
+    return jax.tree.map(pick, a, b)
+
+
+class PPO(eqx.Module):
+    """Recurrent PPO for a batch of environments; works with
+    [`eqx_lstm_ac.LSTMActorCritic`][] and [`eqx_lstm_ac.MLPActorCritic`][].
+
+    **Arguments:**
+
+    - `config`: the [`eqx_lstm_ac.PPOConfig`][].
+    - `env`: the [`eqx_lstm_ac.Environment`][].
+    - `env_params`: its parameters; `env.default_params` if `None`.
+    - `axis_name`: for data-parallel training inside `shard_map` or `pmap` over
+      environments: gradients and diagnostics are averaged over this named axis (each
+      device runs `num_envs` environments). `None` on one device.
+
+    !!! info "Data parallelism"
+        Everything per environment (rollout, GAE, sequences) is local; the only
+        cross-device step is the gradient average in [`eqx_lstm_ac.PPO.grads`][] (and
+        the episode counts of `train_step`). Under `shard_map` over a mesh axis named
+        `axis_name`, shard the environment-batched leaves of the
+        [`eqx_lstm_ac.TrainState`][] (`env_state`, `obs`, `episode_start`,
+        `episode_return`, the carry in `model_state`) over that axis, replicate the model
+        and the optimiser state, and give each device its own key (e.g.
+        `jax.random.fold_in(key, jax.lax.axis_index(axis_name))`). Advantages are
+        normalised per minibatch on each device.
+
+    !!! example
+        ```python
+        import jax, eqx_lstm_ac as lac
+
+        env = lac.MemoryTask(delay=8)
+        config = lac.PPOConfig(num_envs=32, num_steps=32, total_steps=200_000)
+        ppo = lac.PPO(config, env)
+        model = lac.make_model(env, "lstm", key=jax.random.key(0))
+        ts = ppo.init(model, key=jax.random.key(1))
+        for _ in range(config.num_updates):
+            ts, metrics = ppo.train_step(ts)
+        ```
+    """
+
+    config: PPOConfig = eqx.field(static=True)
+    env: Environment
+    env_params: PyTree
+    axis_name: str | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        env: Environment,
+        env_params: PyTree = None,
+        axis_name: str | None = None,
+    ):
+        self.config = config
+        self.env = env
+        self.env_params = env.default_params if env_params is None else env_params
+        self.axis_name = axis_name
+
+    # ------------------------------------------------------------------ set-up
+
+    def learning_rate(self) -> optax.Schedule:
+        """The learning-rate schedule, a function of the optimiser step."""
+        c = self.config
+        total = c.num_updates * c.num_epochs * c.num_minibatches
+        if c.lr_schedule == "linear":
+            return optax.linear_schedule(c.learning_rate, 0.0, total)
+        if c.lr_schedule == "cosine":
+            return optax.cosine_decay_schedule(c.learning_rate, total)
+        return optax.constant_schedule(c.learning_rate)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """Adam with global-norm clipping and the learning-rate schedule."""
+        return optax.chain(
+            optax.clip_by_global_norm(self.config.max_grad_norm),
+            optax.adam(self.learning_rate(), eps=1e-5),
+        )
+
+    def init(self, model: ActorCritic, *, key: PRNGKeyArray) -> TrainState:
+        """The initial [`eqx_lstm_ac.TrainState`][]: fresh environments, zero carries,
+        a fresh optimiser state.
+
+        **Arguments:**
+
+        - `model`: the model to train (e.g. from [`eqx_lstm_ac.make_model`][]).
+        - `key`: a `jax.random.key`. (Keyword only.)
+
+        **Raises:**
+
+        `ValueError` if the model does not fit the environment.
+        """
+        env, c = self.env, self.config
+        if model.obs_dim != env.observation_size or model.action_dim != env.action_size:
+            raise ValueError(
+                f"The model (observations {model.obs_dim}, actions {model.action_dim}) does "
+                f"not fit {env.name} (observations {env.observation_size}, actions "
+                f"{env.action_size})."
+            )
+        if model.discrete != env.discrete:
+            kind = "discrete" if env.discrete else "continuous"
+            raise ValueError(f"{env.name} has {kind} actions; the model does not.")
+        model = eqx.nn.delete_init_state(model)
+        k_env, k_next = jax.random.split(key)
+        obs, env_state = _strong(
+            jax.vmap(env.reset, in_axes=(0, None))(_split_keys(k_env, c.num_envs), self.env_params)
+        )
+        opt_state = self.optimizer().init(eqx.filter(model, eqx.is_array))
+        return TrainState(
+            model=model,
+            opt_state=opt_state,
+            model_state=model.init_state((c.num_envs,)),
+            env_state=env_state,
+            obs=jnp.asarray(obs, jnp.float32),
+            episode_start=jnp.ones((c.num_envs,), bool),
+            episode_return=jnp.zeros((c.num_envs,), jnp.float32),
+            key=k_next,
+            update=jnp.zeros((), jnp.int32),
+        )
+
+    # ------------------------------------------------------------------ rollout
+
+    def rollout(
+        self, ts: TrainState
+    ) -> tuple[TrainState, Trajectory, Float[Array, " B"], dict[str, Array]]:
+        """Run `num_steps` steps of every environment.
+
+        **Returns:**
+
+        `(ts, trajectory, last_value, episodes)`: the advanced state, the
+        [`eqx_lstm_ac.Trajectory`][], the value of the observation after the last step
+        (with its carry reset if it starts an episode), and `episodes`, a dict with the
+        number of episodes finished (`"count"`) and the sum of their returns (`"sum"`).
+        """
+        env, params, model = self.env, self.env_params, ts.model
+        num_envs = self.config.num_envs
+        vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+        vreset = jax.vmap(env.reset, in_axes=(0, None))
+
+        def value_of(obs: Array, state: eqx.nn.State) -> Array:
+            # A value without advancing `state` (a clone: `State` refuses reuse after set).
+            leaves, treedef = jax.tree_util.tree_flatten(state)
+            (_, value), _ = model(obs, jax.tree_util.tree_unflatten(treedef, leaves))
+            return value[..., 0]
+
+        def step(carry, key):
+            model_state, env_state, obs, start, ep_ret = carry
+            stored = model.carry(model_state)
+            model_state = model.reset(model_state, obs.shape, mask=start)
+            k_act, k_step, k_reset = jax.random.split(key, 3)
+            (action, log_prob, value), model_state = model.act(obs, model_state, key=k_act)
+            final_obs, env_state2, reward, terminated, truncated, _ = vstep(
+                _split_keys(k_step, num_envs), env_state, action, params
+            )
+            final_obs = jnp.asarray(final_obs, jnp.float32)
+            done = terminated | truncated
+            # The value of the final observation, only needed (and only computed) when
+            # some episode was cut short by truncation.
+            final_value = jax.lax.cond(
+                jnp.any(truncated),
+                lambda: jnp.where(truncated, value_of(final_obs, model_state), 0.0),
+                lambda: jnp.zeros((num_envs,), jnp.float32),
+            )
+            reset_obs, reset_state = vreset(_split_keys(k_reset, num_envs), params)
+            env_state = _strong(_where_tree(done, reset_state, env_state2))
+            next_obs = _where_tree(done, jnp.asarray(reset_obs, jnp.float32), final_obs)
+            ep_ret = ep_ret + reward
+            finished = jnp.where(done, ep_ret, 0.0)
+            ep_ret = jnp.where(done, 0.0, ep_ret)
+            record = Trajectory(
+                obs=obs,
+                action=action,
+                log_prob=log_prob,
+                value=value,
+                reward=jnp.asarray(reward, jnp.float32),
+                terminated=terminated,
+                truncated=truncated,
+                episode_start=start,
+                carry=stored,
+                final_value=final_value,
+            )
+            return (model_state, env_state, next_obs, done, ep_ret), (record, finished)
+
+        key, k_roll = jax.random.split(ts.key)
+        init = (ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
+        (model_state, env_state, obs, start, ep_ret), (traj, finished) = jax.lax.scan(
+            step, init, _split_keys(k_roll, self.config.num_steps)
+        )
+        last_value = value_of(obs, model.reset(model_state, obs.shape, mask=start))
+        done = traj.terminated | traj.truncated
+        episodes = {
+            "count": jnp.sum(jnp.where(done, 1.0, 0.0)),
+            "sum": jnp.sum(finished),
+        }
+        ts = eqx.tree_at(
+            lambda s: (s.model_state, s.env_state, s.obs, s.episode_start, s.episode_return, s.key),
+            ts,
+            (model_state, env_state, obs, start, ep_ret, key),
+        )
+        return ts, traj, last_value, episodes
+
+    # ------------------------------------------------------------------ update
+
+    def advantages(
+        self, traj: Trajectory, last_value: Float[Array, " B"]
+    ) -> tuple[Float[Array, "T B"], Float[Array, "T B"]]:
+        """GAE of a rollout ([`eqx_lstm_ac.compute_gae`][]) on rewards times
+        `reward_scale`: the next values are the following steps' values, the final
+        observation's value where an episode was truncated, and `last_value` after the
+        last step."""
+        next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
+        next_values = jnp.where(traj.truncated, traj.final_value, next_values)
+        return compute_gae(
+            traj.reward * self.config.reward_scale,
+            traj.value,
+            next_values,
+            traj.terminated,
+            traj.truncated,
+            self.config.gamma,
+            self.config.gae_lambda,
+        )
+
+    def sequences(
+        self, traj: Trajectory, advantages: Float[Array, "T B"], targets: Float[Array, "T B"]
+    ) -> Batch:
+        """Cut a rollout into training sequences of `sequence_length` steps, `(L, N, ...)`
+        with `N = num_envs * num_steps / L`, each with the carry stored at its first
+        step."""
+        c = self.config
+        length, chunks = c.sequence_length, c.num_steps // c.sequence_length
+
+        def cut(x: Array) -> Array:  # (T, B, ...) -> (L, K * B, ...)
+            x = x.reshape((chunks, length) + x.shape[1:])
+            x = jnp.swapaxes(x, 0, 1)
+            return x.reshape((length, chunks * x.shape[2]) + x.shape[3:])
+
+        def starts(x: Array) -> Array:  # (T, B, ...) -> (K * B, ...)
+            x = x[::length]
+            return x.reshape((chunks * x.shape[1],) + x.shape[2:])
+
+        return Batch(
+            obs=cut(traj.obs),
+            action=cut(traj.action),
+            log_prob=cut(traj.log_prob),
+            value=cut(traj.value),
+            advantage=cut(advantages),
+            target=cut(targets),
+            episode_start=cut(traj.episode_start),
+            carry=jax.tree.map(starts, traj.carry),
+        )
+
+    def grads(self, model: ActorCritic, batch: Batch) -> tuple[PyTree, dict[str, Array]]:
+        """The gradient of [`eqx_lstm_ac.ppo_loss`][] on one minibatch, averaged over
+        `axis_name` when one is set. The only place gradients are computed."""
+        (_, aux), grads = eqx.filter_value_and_grad(ppo_loss, has_aux=True)(
+            model, batch, self.config
+        )
+        if self.axis_name is not None:
+            grads = jax.lax.pmean(grads, self.axis_name)
+            aux = jax.lax.pmean(aux, self.axis_name)
+        return grads, aux
+
+    def update(
+        self, ts: TrainState, traj: Trajectory, last_value: Float[Array, " B"]
+    ) -> tuple[TrainState, dict[str, Array]]:
+        """The PPO epochs on one rollout.
+
+        **Returns:**
+
+        `(ts, metrics)`: the state with the new model and optimiser state, and the
+        losses and diagnostics averaged over all minibatches.
+        """
+        c = self.config
+        advantages, targets = self.advantages(traj, last_value)
+        batch = self.sequences(traj, advantages, targets)
+        n, per = c.num_sequences, c.num_sequences // c.num_minibatches
+        optimizer = self.optimizer()
+        params, static = eqx.partition(ts.model, eqx.is_array)
+
+        def minibatches(key: PRNGKeyArray) -> Batch:
+            perm = jax.random.permutation(key, n)
+
+            def split_time(x: Array) -> Array:  # (L, N, ...) -> (M, L, N / M, ...)
+                x = jnp.take(x, perm, axis=1)
+                x = x.reshape((x.shape[0], c.num_minibatches, per) + x.shape[2:])
+                return jnp.swapaxes(x, 0, 1)
+
+            def split_carry(x: Array) -> Array:  # (N, ...) -> (M, N / M, ...)
+                x = jnp.take(x, perm, axis=0)
+                return x.reshape((c.num_minibatches, per) + x.shape[1:])
+
+            return Batch(
+                *(split_time(x) for x in batch[:-1]),
+                carry=jax.tree.map(split_carry, batch.carry),
+            )
+
+        def minibatch_step(carry, mb: Batch):
+            params, opt_state = carry
+            model = eqx.combine(params, static)
+            grads, aux = self.grads(model, mb)
+            # optax mixes integer step counts into float arithmetic: allow it under a
+            # strict dtype-promotion setting.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = eqx.apply_updates(params, updates)
+            return (params, opt_state), aux
+
+        def epoch(carry, key):
+            return jax.lax.scan(minibatch_step, carry, minibatches(key))
+
+        key, k_epochs = jax.random.split(ts.key)
+        (params, opt_state), aux = jax.lax.scan(
+            epoch, (params, ts.opt_state), _split_keys(k_epochs, c.num_epochs)
+        )
+        metrics = {name: jnp.mean(value) for name, value in aux.items()}
+        metrics["first_ratio"] = aux["ratio"][0, 0]
+        ts = eqx.tree_at(
+            lambda s: (s.model, s.opt_state, s.key, s.update),
+            ts,
+            (eqx.combine(params, static), opt_state, key, ts.update + 1),
+        )
+        return ts, metrics
+
+    @eqx.filter_jit
+    def train_step(self, ts: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        """One update, compiled: a rollout, GAE, and the PPO epochs.
+
+        **Returns:**
+
+        `(ts, metrics)`: the new state and scalar metrics: `mean_return` (of the
+        episodes finished in this rollout; NaN if none), `episodes`, the losses,
+        `entropy`, `approx_kl`, `clip_fraction`, `first_ratio` (the mean probability
+        ratio of the first minibatch, one up to rounding) and `learning_rate`.
+        """
+        ts, traj, last_value, episodes = self.rollout(ts)
+        count, total = episodes["count"], episodes["sum"]
+        if self.axis_name is not None:
+            count = jax.lax.psum(count, self.axis_name)
+            total = jax.lax.psum(total, self.axis_name)
+        ts, metrics = self.update(ts, traj, last_value)
+        metrics["episodes"] = count
+        metrics["mean_return"] = jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+        step = (ts.update - 1) * self.config.num_epochs * self.config.num_minibatches
+        with jax.numpy_dtype_promotion("standard"):
+            metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
+        return ts, metrics
+
+
+@eqx.filter_jit
+def evaluate_policy(
+    model: ActorCritic,
+    env: Environment,
+    *,
+    key: PRNGKeyArray,
+    num_episodes: int = 32,
+    deterministic: bool = True,
+    max_steps: int = 10_000,
+    env_params: PyTree = None,
+) -> Float[Array, " episodes"]:
+    """Run `num_episodes` episodes in parallel, each to its end (or `max_steps`), and
+    return their returns.
+
+    **Arguments:**
+
+    - `model`: the model.
+    - `env`: the [`eqx_lstm_ac.Environment`][].
+    - `key`: a `jax.random.key`. (Keyword only.)
+    - `num_episodes`: episodes to run (one per parallel environment).
+    - `deterministic`: act with the deterministic action (the squashed mean, or the most
+      probable action) instead of sampling.
+    - `max_steps`: a cap on the episode length.
+    - `env_params`: the environment's parameters; `env.default_params` if `None`.
+
+    **Returns:**
+
+    The returns, shape `(num_episodes,)`.
+    """
+    params = env.default_params if env_params is None else env_params
+    k_reset, k_loop = jax.random.split(key)
+    obs, env_state = _strong(
+        jax.vmap(env.reset, in_axes=(0, None))(_split_keys(k_reset, num_episodes), params)
+    )
+    state = model.init_state((num_episodes,))
+
+    def cond(carry):
+        t, *_, done, _ = carry
+        return (t < max_steps) & ~jnp.all(done)
+
+    def body(carry):
+        t, state, env_state, obs, done, ret = carry
+        k_act, k_step = jax.random.split(jax.random.fold_in(k_loop, t))
+        (action, _, _), state = model.act(obs, state, key=k_act, deterministic=deterministic)
+        obs, env_state, reward, terminated, truncated, _ = jax.vmap(
+            env.step, in_axes=(0, 0, 0, None)
+        )(_split_keys(k_step, num_episodes), env_state, action, params)
+        ret = ret + jnp.where(done, 0.0, jnp.asarray(reward, jnp.float32))
+        done = done | terminated | truncated
+        return t + 1, state, _strong(env_state), jnp.asarray(obs, jnp.float32), done, ret
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        state,
+        env_state,
+        jnp.asarray(obs, jnp.float32),
+        jnp.zeros((num_episodes,), bool),
+        jnp.zeros((num_episodes,), jnp.float32),
+    )
+    *_, ret = jax.lax.while_loop(cond, body, init)
+    return ret
+
+
+def train(
+    env: Environment,
+    config: PPOConfig,
+    model: ActorCritic | None = None,
+    *,
+    key: PRNGKeyArray,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[ActorCritic, list[dict[str, float]]]:
+    """Train with PPO for `config.num_updates` updates: the whole loop in one call.
+
+    **Arguments:**
+
+    - `env`: the [`eqx_lstm_ac.Environment`][].
+    - `config`: the [`eqx_lstm_ac.PPOConfig`][].
+    - `model`: the model to train; an [`eqx_lstm_ac.LSTMActorCritic`][] from
+      [`eqx_lstm_ac.make_model`][] if `None`.
+    - `key`: a `jax.random.key`. (Keyword only.)
+    - `callback`: called after every update with the environment steps so far and the
+      update's metrics.
+
+    **Returns:**
+
+    `(model, history)`: the trained model and one dict of metrics per update (with
+    `env_steps`).
+    """
+    k_model, k_init = jax.random.split(key)
+    if model is None:
+        model = make_model(env, "lstm", key=k_model)
+    ppo = PPO(config, env)
+    ts = ppo.init(model, key=k_init)
+    history: list[dict[str, float]] = []
+    for i in range(config.num_updates):
+        ts, metrics = ppo.train_step(ts)
+        row = {name: float(value) for name, value in metrics.items()}
+        row["env_steps"] = float((i + 1) * config.steps_per_update)
+        history.append(row)
+        if callback is not None:
+            callback(int(row["env_steps"]), row)
+    return ts.model, history
