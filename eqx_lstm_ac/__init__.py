@@ -40,7 +40,6 @@ from ._parallel import (
     shard_batch as shard_batch,
     shard_local_batch as shard_local_batch,
 )
-from ._rollout import Rollout as Rollout, rollout as rollout
 from ._ppo import (
     ActorCritic as ActorCritic,
     Batch as Batch,
@@ -54,4 +53,5 @@ from ._ppo import (
     TrainState as TrainState,
     Trajectory as Trajectory,
 )
+from ._rollout import Rollout as Rollout, rollout as rollout
 from ._version import __version__ as __version__

@@ -324,8 +324,8 @@ class GymnaxEnv(Environment):
 
     def __init__(self, env_id: str):
         try:
-            import gymnax
-            from gymnax.environments import spaces
+            import gymnax  # pyright: ignore[reportMissingImports]
+            from gymnax.environments import spaces  # pyright: ignore[reportMissingImports]
         except ImportError:
             raise ImportError(
                 "gymnax environments need the optional extra: pip install 'eqx_lstm_ac[gymnax]'."
