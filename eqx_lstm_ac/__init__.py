@@ -49,6 +49,7 @@ from ._ppo import (
     PPO as PPO,
     ppo_loss as ppo_loss,
     PPOConfig as PPOConfig,
+    shard_train_state as shard_train_state,
     train as train,
     TrainState as TrainState,
     Trajectory as Trajectory,

@@ -39,7 +39,15 @@ import numpy as np
 
 from ._checkpoint import load, save
 from ._envs import Environment, HideObservation, make_env, MemoryTask
-from ._ppo import ActorCritic, evaluate_policy, make_model, PPO, PPOConfig, TrainState
+from ._ppo import (
+    ActorCritic,
+    evaluate_policy,
+    make_model,
+    PPO,
+    PPOConfig,
+    shard_train_state,
+    TrainState,
+)
 from ._version import __version__
 
 
@@ -298,6 +306,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("lstm", "mlp"),
         default=None,
         help="lstm, or the feed-forward baseline mlp (default lstm)",
+    )
+    g.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="local devices to split the environments over (default: all); "
+        "the number of environments must divide by it",
     )
     g.add_argument("--seed", type=int, default=None, help=f"random seed (default {d['seed']})")
     g.add_argument(
@@ -740,6 +755,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep_rows = [
             r for r in _read_metrics(run_dir / "metrics.jsonl") if r["update"] <= start_update
         ]
+    if args.devices is not None and not 1 <= args.devices <= jax.local_device_count():
+        raise CLIError(
+            f"--devices must be between 1 and the {jax.local_device_count()} local "
+            f"device(s); got {args.devices}."
+        )
+    try:
+        ts = shard_train_state(ts, args.devices)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     num_updates = spec.ppo.num_updates
     if start_update >= num_updates and resume_from is not None:
         raise CLIError(

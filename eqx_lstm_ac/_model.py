@@ -285,8 +285,13 @@ class LSTMActorCritic(eqx.Module):
         self.remat = remat
 
         layers = _init_layers(
-            key, observation_space_size, action_space_size, hidden_features, lstm_features,
-            discrete, actor_sigma_head,
+            key,
+            observation_space_size,
+            action_space_size,
+            hidden_features,
+            lstm_features,
+            discrete,
+            actor_sigma_head,
         )
         self.encoder, self.cell, self.actor_mu, self.actor_sigma, self.critic = layers
         if discrete:

@@ -21,18 +21,20 @@ over a named device axis when one is given (for `shard_map`/`pmap` over environm
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree
 
 from ._baseline import MLPActorCritic
 from ._envs import Environment
 from ._model import LSTMActorCritic
+from ._parallel import check_num_envs, data_mesh, replicate, shard_batch
 
 
 ActorCritic = LSTMActorCritic | MLPActorCritic
@@ -779,6 +781,45 @@ def evaluate_policy(
     return ret
 
 
+def shard_train_state(
+    ts: TrainState, devices: int | Sequence[Any] | Mesh | None = None
+) -> TrainState:
+    """Spread a [`eqx_lstm_ac.TrainState`][] over several devices for data-parallel
+    training with JAX's own sharding.
+
+    The per-environment leaves (environment states, observations, reset flags, returns
+    and the carry) are split along the `data` axis of a 1-D mesh; the model, the
+    optimiser state, the key and the counter are replicated. Then the ordinary compiled
+    [`eqx_lstm_ac.PPO.train_step`][] runs on all devices: XLA partitions the rollout per
+    device and all-reduces the gradients, and the update is the same computation as on
+    one device with the same global batch (a test holds it).
+
+    **Arguments:**
+
+    - `ts`: the training state, e.g. from [`eqx_lstm_ac.PPO.init`][].
+    - `devices`: how many local devices, a list of devices, a `Mesh` with a `data` axis,
+      or `None` for all local devices.
+
+    **Returns:**
+
+    The same state, placed on the devices.
+
+    **Raises:**
+
+    `ValueError` if the number of environments does not divide by the number of devices.
+    """
+    mesh = devices if isinstance(devices, Mesh) else data_mesh(devices)
+    check_num_envs(int(ts.obs.shape[0]), mesh)
+    batched = (ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
+    batched = shard_batch(batched, mesh)
+    shared = replicate((ts.model, ts.opt_state, ts.key, ts.update), mesh)
+    model, opt_state, key, update = shared
+    model_state, env_state, obs, episode_start, episode_return = batched
+    return TrainState(
+        model, opt_state, model_state, env_state, obs, episode_start, episode_return, key, update
+    )
+
+
 def train(
     env: Environment,
     config: PPOConfig,
@@ -786,6 +827,7 @@ def train(
     *,
     key: PRNGKeyArray,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    devices: int | Sequence[Any] | None = None,
 ) -> tuple[ActorCritic, list[dict[str, float]]]:
     """Train with PPO for `config.num_updates` updates: the whole loop in one call.
 
@@ -798,6 +840,9 @@ def train(
     - `key`: a `jax.random.key`. (Keyword only.)
     - `callback`: called after every update with the environment steps so far and the
       update's metrics.
+    - `devices`: how many local devices to train on (the environments are split over
+      them, see [`eqx_lstm_ac.shard_train_state`][]), a list of devices, or `None` for
+      all local devices. `config.num_envs` must divide by their number.
 
     **Returns:**
 
@@ -808,7 +853,7 @@ def train(
     if model is None:
         model = make_model(env, "lstm", key=k_model)
     ppo = PPO(config, env)
-    ts = ppo.init(model, key=k_init)
+    ts = shard_train_state(ppo.init(model, key=k_init), devices)
     history: list[dict[str, float]] = []
     for i in range(config.num_updates):
         ts, metrics = ppo.train_step(ts)

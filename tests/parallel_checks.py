@@ -317,3 +317,50 @@ def test_update_on_4_devices_equals_1_device(mesh, model):
         assert_replicated(x)
     # The update changed the model (the comparison is not trivially between equals).
     assert not np.allclose(four[0].cell.weight_hh, model.cell.weight_hh)
+
+
+def test_ppo_train_step_on_4_devices_equals_1_device():
+    """Two PPO updates (rollout, GAE, epochs of minibatches) with the environments split
+    over 4 devices equal the same updates on 1 device, and the per-environment state,
+    the carry included, stays split along `data`."""
+    env = lac.MemoryTask(delay=3)
+    config = lac.PPOConfig(
+        num_envs=8, num_steps=6, total_steps=96, num_epochs=2, num_minibatches=2,
+        lr_schedule="constant",
+    )
+    ppo = lac.PPO(config, env)
+    model = lac.make_model(env, "lstm", hidden_features=8, features=8, key=jax.random.key(0))
+    ts0 = ppo.init(model, key=jax.random.key(1))
+    one = lac.shard_train_state(ts0, 1)
+    four = lac.shard_train_state(ts0, NUM_DEVICES)
+    assert_split(four.obs, 0)
+    for _ in range(2):
+        one, m1 = ppo.train_step(one)
+        four, m4 = ppo.train_step(four)
+    assert float(m1["first_ratio"]) == pytest.approx(1.0, abs=1e-5)
+    for name in ("policy_loss", "value_loss", "entropy"):
+        if name in m1:
+            assert float(m4[name]) == pytest.approx(float(m1[name]), rel=1e-4, abs=1e-6)
+    p1 = jtu.tree_leaves(eqx.filter(one.model, eqx.is_array))
+    p4 = jtu.tree_leaves(eqx.filter(four.model, eqx.is_array))
+    for a, b in zip(p1, p4, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    # the parameters moved, so the comparison is not of two untouched models
+    p0 = jtu.tree_leaves(eqx.filter(ts0.model, eqx.is_array))
+    assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(p0, p1, strict=True))
+    np.testing.assert_allclose(np.asarray(four.obs), np.asarray(one.obs), rtol=1e-5, atol=1e-6)
+    assert_split(four.obs, 0)
+    assert_split(four.episode_return, 0)
+    carry = four.model.carry(four.model_state)
+    assert_split(carry.h, 0)
+    assert_split(carry.c, 0)
+
+
+def test_shard_train_state_refuses_indivisible_envs():
+    env = lac.MemoryTask(delay=3)
+    config = lac.PPOConfig(num_envs=6, num_steps=4, total_steps=24, num_minibatches=2)
+    ppo = lac.PPO(config, env)
+    model = lac.make_model(env, "lstm", hidden_features=8, features=8, key=jax.random.key(0))
+    ts = ppo.init(model, key=jax.random.key(1))
+    with pytest.raises(ValueError, match="6"):
+        lac.shard_train_state(ts, NUM_DEVICES)

@@ -107,6 +107,8 @@ def test_errors_are_one_line_and_lose_nothing(tmp_path, capsys):
     _one_line_error(code, err, "does not match the task")
     code, _, err = _run(capsys, "train", "--resume", str(run))
     _one_line_error(code, err, "already at update")
+    code, _, err = _run(capsys, "train", "--resume", str(run), "--devices", "64")
+    _one_line_error(code, err, "--devices must be between 1")
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
 
