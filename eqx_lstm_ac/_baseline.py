@@ -11,12 +11,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._action_spaces import _lift, _unlift, ActionSpace, FreeSpace
-from ._distributions import CategoricalPolicy, GaussianPolicy
+from ._action_spaces import _lift, _unlift, FreeSpace
 from ._model import (
+    _act,
     _activation_name,
     _apply,
+    _check_obs,
+    _check_options,
+    _describe_space,
     _linear,
+    _policy_and_value,
     ACTIVATIONS,
     LogStdParameter,
     SoftplusStdHead,
@@ -90,22 +94,18 @@ class MLPActorCritic(eqx.Module):
         `ValueError` for a non-positive size, an unknown activation, or an action space
         given together with `discrete=True`.
         """
-        del carry_shape
-        for name, value in (
-            ("observation_space_size", observation_space_size),
-            ("action_space_size", action_space_size),
-            ("hidden_features", hidden_features),
-            ("features", features),
-        ):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if discrete and action_space is not None:
-            raise ValueError(
-                "A discrete (categorical) policy takes no action_space bijector; got "
-                f"{action_space!r} with discrete=True."
-            )
-        if discrete and actor_sigma_head:
-            raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
+        _check_options(
+            {
+                "observation_space_size": observation_space_size,
+                "action_space_size": action_space_size,
+                "hidden_features": hidden_features,
+                "features": features,
+            },
+            tuple(carry_shape),
+            discrete,
+            action_space,
+            actor_sigma_head,
+        )
         k_enc, k_torso, k_mu, k_sigma, k_critic = jax.random.split(key, 5)
         self.obs_dim = observation_space_size
         self.action_dim = action_space_size
@@ -138,22 +138,13 @@ class MLPActorCritic(eqx.Module):
     def metadata(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model (JSON-serialisable, apart
         from a user-defined `action_space`)."""
-        space = self.action_space
-        if space is None or isinstance(space, FreeSpace):
-            space_desc: dict[str, Any] | None = (
-                None if space is None else {"type": space.kind, "args": {}}
-            )
-        elif isinstance(space, ActionSpace):
-            space_desc = {"type": space.kind, "args": space.config()}
-        else:
-            space_desc = {"type": "custom", "class": type(space).__qualname__}
         return {
             "observation_space_size": self.obs_dim,
             "action_space_size": self.action_dim,
             "hidden_features": self.hidden_features,
             "features": self.features,
             "activation": self.activation,
-            "action_space": space_desc,
+            "action_space": _describe_space(self.bij),
             "actor_sigma_head": self.actor_sigma_head,
             "discrete": self.discrete,
         }
@@ -177,31 +168,19 @@ class MLPActorCritic(eqx.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _check_obs(self, x: Array, what: str) -> None:
-        if x.ndim < 1 or x.shape[-1] != self.obs_dim:
-            raise ValueError(
-                f"{what} must have last axis of size obs_dim={self.obs_dim}, i.e. shape "
-                f"(..., {self.obs_dim}); got shape {tuple(x.shape)}."
-            )
-
     def _features(self, x: Array) -> Array:
         act = ACTIVATIONS[self.activation]
         return act(_apply(self.torso, act(_apply(self.encoder, x))))
 
     def _heads(self, features: Array) -> tuple[distrax.Distribution, Array]:
-        value = _apply(self.critic, features)
-        out = _apply(self.actor_mu, features)
-        if self.discrete:
-            return CategoricalPolicy(logits=out), value
-        assert self.actor_sigma is not None and self.bij is not None
-        return GaussianPolicy(out, self.actor_sigma(features), self.bij), value
+        return _policy_and_value(self, features)
 
     def __call__(
         self, x: Float[Array, "*batch obs"], state: eqx.nn.State
     ) -> tuple[tuple[distrax.Distribution, Float[Array, "*batch 1"]], eqx.nn.State]:
         """One step: `(pi, value), state` for observations `x` of shape `(..., obs_dim)`
         (the state passes through unchanged)."""
-        self._check_obs(x, "The observation x")
+        _check_obs(self.obs_dim, x, "The observation x")
         return self._heads(self._features(x)), state
 
     def reset(
@@ -236,11 +215,7 @@ class MLPActorCritic(eqx.Module):
     ]:
         """As [`eqx_lstm_ac.LSTMActorCritic.act`][]."""
         (pi, value), state = self(x, state)
-        if deterministic:
-            action = pi.deterministic_action()  # type: ignore[attr-defined]
-        else:
-            action = pi.sample(seed=key)
-        return (jnp.asarray(action), jnp.asarray(pi.log_prob(action)), value[..., 0]), state
+        return _act(pi, value, key, deterministic), state
 
     def sequence(
         self,
@@ -256,7 +231,7 @@ class MLPActorCritic(eqx.Module):
                 f"sequence expects time-major observations of shape (T, B, {self.obs_dim}); "
                 f"got shape {tuple(xs.shape)}."
             )
-        self._check_obs(xs, "The observations xs")
+        _check_obs(self.obs_dim, xs, "The observations xs")
         return self._heads(self._features(xs)), ()
 
     @eqx.filter_jit

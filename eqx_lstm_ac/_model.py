@@ -105,6 +105,68 @@ def _init_cell(key: PRNGKeyArray, input_size: int, hidden_size: int) -> eqx.nn.L
     return eqx.tree_at(lambda c: (c.weight_ih, c.weight_hh, c.bias), cell, (w_ih, w_hh, bias))
 
 
+def _check_options(
+    sizes: dict[str, int],
+    carry_shape: tuple[int, ...],
+    discrete: bool,
+    action_space: distrax.Bijector | None,
+    actor_sigma_head: bool,
+) -> None:
+    """The constructor checks shared by the actor-critic models."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    if any((not isinstance(n, int)) or n < 0 for n in carry_shape):
+        raise ValueError(f"carry_shape must be a tuple of sizes, got {carry_shape!r}.")
+    if discrete and action_space is not None:
+        raise ValueError(
+            "A discrete (categorical) policy takes no action_space bijector; got "
+            f"{action_space!r} with discrete=True."
+        )
+    if discrete and actor_sigma_head:
+        raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
+
+
+def _describe_space(bij: distrax.Bijector | None) -> dict[str, Any] | None:
+    """How a checkpoint header names the (lifted) action-space bijector `bij`."""
+    if bij is None:
+        return None
+    space = _unlift(bij)
+    if isinstance(space, ActionSpace):
+        return {"type": space.kind, "args": space.config()}
+    return {"type": "custom", "class": type(space).__qualname__}
+
+
+def _check_obs(obs_dim: int, x: Array, what: str) -> None:
+    if x.ndim < 1 or x.shape[-1] != obs_dim:
+        raise ValueError(
+            f"{what} must have last axis of size obs_dim={obs_dim}, i.e. shape "
+            f"(..., {obs_dim}); got shape {tuple(x.shape)}."
+        )
+
+
+def _policy_and_value(model: Any, features: Array) -> tuple[distrax.Distribution, Array]:
+    """The heads shared by the actor-critic models: policy and `(..., 1)` values."""
+    value = _apply(model.critic, features)
+    out = _apply(model.actor_mu, features)
+    if model.discrete:
+        return CategoricalPolicy(logits=out), value
+    assert model.actor_sigma is not None and model.bij is not None
+    return GaussianPolicy(out, model.actor_sigma(features), model.bij), value
+
+
+def _act(
+    pi: distrax.Distribution, value: Array, key: PRNGKeyArray, deterministic: bool
+) -> tuple[Array, Array, Array]:
+    """Action, its log-probability (computed from the action, as `evaluate` does) and
+    the value without its trailing axis."""
+    if deterministic:
+        action = pi.deterministic_action()  # type: ignore[attr-defined]
+    else:
+        action = pi.sample(seed=key)
+    return jnp.asarray(action), jnp.asarray(pi.log_prob(action)), value[..., 0]
+
+
 class LogStdParameter(eqx.Module):
     """A state-independent standard deviation: $\\sigma = \\exp(\\text{log\\_std})$."""
 
@@ -258,23 +320,18 @@ class LSTMActorCritic(eqx.Module):
         `ValueError` for a non-positive size, an unknown activation, an action space
         given together with `discrete=True`, or a bijector of the wrong event rank.
         """
-        for name, value in (
-            ("observation_space_size", observation_space_size),
-            ("action_space_size", action_space_size),
-            ("hidden_features", hidden_features),
-            ("lstm_features", lstm_features),
-        ):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if any((not isinstance(n, int)) or n < 0 for n in carry_shape):
-            raise ValueError(f"carry_shape must be a tuple of sizes, got {carry_shape!r}.")
-        if discrete and action_space is not None:
-            raise ValueError(
-                "A discrete (categorical) policy takes no action_space bijector; got "
-                f"{action_space!r} with discrete=True."
-            )
-        if discrete and actor_sigma_head:
-            raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
+        _check_options(
+            {
+                "observation_space_size": observation_space_size,
+                "action_space_size": action_space_size,
+                "hidden_features": hidden_features,
+                "lstm_features": lstm_features,
+            },
+            tuple(carry_shape),
+            discrete,
+            action_space,
+            actor_sigma_head,
+        )
         self.obs_dim = observation_space_size
         self.action_dim = action_space_size
         self.hidden_features = hidden_features
@@ -312,22 +369,13 @@ class LSTMActorCritic(eqx.Module):
         """The constructor arguments that rebuild this model (JSON-serialisable, apart
         from a user-defined `action_space`). `carry_shape` is not among them: the carry
         is not part of the model."""
-        space = self.action_space
-        if space is None or isinstance(space, FreeSpace):
-            space_desc: dict[str, Any] | None = (
-                None if space is None else {"type": space.kind, "args": {}}
-            )
-        elif isinstance(space, ActionSpace):
-            space_desc = {"type": space.kind, "args": space.config()}
-        else:
-            space_desc = {"type": "custom", "class": type(space).__qualname__}
         return {
             "observation_space_size": self.obs_dim,
             "action_space_size": self.action_dim,
             "hidden_features": self.hidden_features,
             "lstm_features": self.lstm_features,
             "activation": self.activation,
-            "action_space": space_desc,
+            "action_space": _describe_space(self.bij),
             "actor_sigma_head": self.actor_sigma_head,
             "discrete": self.discrete,
             "remat": self.remat,
@@ -368,13 +416,6 @@ class LSTMActorCritic(eqx.Module):
         return state.update(sub)
 
     # ------------------------------------------------------------------ checks
-
-    def _check_obs(self, x: Array, what: str) -> None:
-        if x.ndim < 1 or x.shape[-1] != self.obs_dim:
-            raise ValueError(
-                f"{what} must have last axis of size obs_dim={self.obs_dim}, i.e. shape "
-                f"(..., {self.obs_dim}); got shape {tuple(x.shape)}."
-            )
 
     def _check_carry(self, carry: LSTMCarry, batch: tuple[int, ...]) -> None:
         want = batch + (self.lstm_features,)
@@ -434,12 +475,7 @@ class LSTMActorCritic(eqx.Module):
         return jax.lax.scan(body, carry, (xs, episode_start))
 
     def _heads(self, features: Array) -> tuple[distrax.Distribution, Array]:
-        value = _apply(self.critic, features)
-        out = _apply(self.actor_mu, features)
-        if self.discrete:
-            return CategoricalPolicy(logits=out), value
-        assert self.actor_sigma is not None and self.bij is not None
-        return GaussianPolicy(out, self.actor_sigma(features), self.bij), value
+        return _policy_and_value(self, features)
 
     # ------------------------------------------------------------------ single step
 
@@ -463,7 +499,7 @@ class LSTMActorCritic(eqx.Module):
 
         `ValueError` if the last axis of `x` is not `obs_dim`.
         """
-        self._check_obs(x, "The observation x")
+        _check_obs(self.obs_dim, x, "The observation x")
         lead = tuple(x.shape[:-1])
         carry = self.carry(state)
         if tuple(carry.h.shape[:-1]) != lead:
@@ -556,11 +592,7 @@ class LSTMActorCritic(eqx.Module):
         first PPO probability ratio is one.
         """
         (pi, value), state = self(x, state)
-        if deterministic:
-            action = pi.deterministic_action()  # type: ignore[attr-defined]
-        else:
-            action = pi.sample(seed=key)
-        return (jnp.asarray(action), jnp.asarray(pi.log_prob(action)), value[..., 0]), state
+        return _act(pi, value, key, deterministic), state
 
     # ------------------------------------------------------------------ sequences
 
@@ -605,7 +637,7 @@ class LSTMActorCritic(eqx.Module):
                 f"got a {xs.ndim}-D array of shape {tuple(xs.shape)}. For one step, "
                 "call the model itself."
             )
-        self._check_obs(xs, "The observations xs")
+        _check_obs(self.obs_dim, xs, "The observations xs")
         t_len, batch = xs.shape[0], xs.shape[1]
         if episode_start is not None:
             if tuple(episode_start.shape) != (t_len, batch):
