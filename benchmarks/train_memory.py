@@ -36,24 +36,25 @@ import jax.numpy as jnp
 import numpy as np
 
 import eqx_lstm_ac as lac
+from eqx_lstm_ac._cli import DEFAULTS
 
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "train_memory.json"
 FIGURE = ROOT / "docs" / "images" / "memory_benchmark.png"
 
-# The settings of `eqx-lstm-ac train`'s defaults.
+# The settings of `eqx-lstm-ac train`'s defaults, read from the CLI so they cannot drift.
 MEMORY_CONFIG = dict(
-    num_envs=64,
-    num_steps=128,
-    num_epochs=4,
-    num_minibatches=4,
-    learning_rate=1e-3,
-    gamma=0.99,
-    gae_lambda=0.95,
-    ent_coef=0.0,
+    num_envs=DEFAULTS["num_envs"],
+    num_steps=DEFAULTS["num_steps"],
+    num_epochs=DEFAULTS["epochs"],
+    num_minibatches=DEFAULTS["minibatches"],
+    learning_rate=DEFAULTS["lr"],
+    gamma=DEFAULTS["gamma"],
+    gae_lambda=DEFAULTS["gae_lambda"],
+    ent_coef=DEFAULTS["ent_coef"],
 )
-MEMORY_SIZES = dict(hidden_features=32, features=32)
+MEMORY_SIZES = dict(hidden_features=DEFAULTS["hidden"], features=DEFAULTS["features"])
 POMDP_CONFIG = dict(
     num_envs=32,
     num_steps=128,

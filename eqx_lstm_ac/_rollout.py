@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ._model import LSTMActorCritic, LSTMCarry
+from ._model import _act, LSTMActorCritic, LSTMCarry
 
 
 class Rollout(NamedTuple):
@@ -101,14 +101,9 @@ def rollout(
         keep = ~start[:, None]
         h, c = model._step(obs, (jnp.where(keep, h, 0.0), jnp.where(keep, c, 0.0)))
         pi, value = model._heads(h)
-        if deterministic:
-            action = pi.deterministic_action()  # type: ignore[attr-defined]
-        else:
-            action = pi.sample(seed=k_act)
-        action = jnp.asarray(action)
-        log_prob = jnp.asarray(pi.log_prob(action))
+        action, log_prob, value = _act(pi, value, k_act, deterministic)
         env_state, next_obs, next_start, aux = env_step(env_state, action, k_env)
-        out = (obs, start, action, log_prob, value[..., 0], aux)
+        out = (obs, start, action, log_prob, value, aux)
         return ((h, c), env_state, next_obs, next_start), out
 
     loop0 = ((carry0.h, carry0.c), env_state, obs, episode_start)
