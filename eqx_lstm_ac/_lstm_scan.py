@@ -1,12 +1,24 @@
 """The sequence-mode kernel: encoder + LSTM scanned over time, with a hand-written
 reverse pass.
 
-`jax.grad` of a plain `lax.scan` accumulates the weight gradients one step at a time,
-with small `(4H, B) @ (B, I)` matmuls inside the reverse scan. The reverse pass here
-runs only the recurrent part step by step (the gate gradients and `dh @ W_hh`) and
-computes every weight gradient afterwards as one large matmul over all `T * B` rows, the
-way fused cuDNN-class kernels do. It matches `jax.grad` of the plain scan to float32
-precision (`tests/test_speed_exactness.py` holds it).
+The sequence is cut into chunks of a few steps (`chunk_steps`). Inside a chunk,
+everything that does not depend on the recurrence is one matmul over all the chunk's
+`steps * B` rows: the encoder
+and the input projection in the forward pass; the gate pre-activations (recomputed),
+the weight gradients and the input gradients in the reverse pass. Only the recurrent
+part runs step by step: `h @ W_hh` forward, `d_gates @ W_hh` backward. The forward pass
+keeps just `h` and `c` of every step for the reverse pass, not the `4H` gates.
+
+Two more choices measured on CPU:
+
+- every gate comes from one `tanh` over the `4H` pre-activations, with
+  `sigmoid(x) = tanh(x / 2) / 2 + 1/2`; the halving is folded into the weights (exact:
+  a power of two) and XLA's `tanh` is several times faster than its `logistic`;
+- chunks of a few steps keep the recomputed gates in cache; one chunk over the whole
+  sequence (a `(T, B, 4H)` tensor) is slower, and so is one step at a time.
+
+It matches `jax.grad` of a plain scan to float32 precision
+(`tests/test_speed_exactness.py` holds it).
 """
 
 from collections.abc import Callable
@@ -15,6 +27,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+
+CHUNK_ROWS = 2048
+"""Rows (steps x batch) per chunk: the bulk matmuls run over about this many rows, few
+enough that a chunk's recomputed gates stay in cache."""
+
+
+def chunk_steps(t_len: int, batch: int) -> int:
+    """Steps per chunk for a `(T, B)` sequence: about `CHUNK_ROWS / B`, at least 2
+    (one-step chunks lose the bulk matmuls), at most `T`."""
+    return max(1, min(t_len, max(2, CHUNK_ROWS // max(batch, 1))))
 
 
 class LSTMWeights(NamedTuple):
@@ -27,121 +50,199 @@ class LSTMWeights(NamedTuple):
     b: Float[Array, " gates"]
 
 
-def _row(v: Array) -> Array:
-    return v.reshape((1,) + v.shape)
+def gate_scales(n: int, dtype) -> tuple[Array, Array]:
+    """`(scale, shift)` over the `4n` gate columns `i, f, g, o`: `(1/2, 1/2)` for the
+    sigmoid gates, `(1, 0)` for `g`, so that `tanh(scale * pre) * scale + shift` is every
+    gate at once."""
+    col = jnp.arange(4 * n)
+    is_g = (col >= 2 * n) & (col < 3 * n)
+    return jnp.where(is_g, 1.0, 0.5).astype(dtype), jnp.where(is_g, 0.0, 0.5).astype(dtype)
 
 
-def _cell(
-    wt: LSTMWeights, act: Callable[[Array], Array], x: Array, h: Array, c: Array
-) -> tuple[Array, Array, Array]:
-    """One step for a batch `x (B, obs)`, `h, c (B, H)`, with the weights `wt` already
-    transposed to `(in, out)`; returns `(h', c', gates)` with the gates after their
-    nonlinearities, laid out `(B, 4H)` as `i, f, g, o`."""
-    z = act(x @ wt.w_enc + _row(wt.b_enc))
-    pre = z @ wt.w_ih + h @ wt.w_hh + _row(wt.b)
-    n = h.shape[-1]
-    i = jax.nn.sigmoid(pre[:, :n])
-    f = jax.nn.sigmoid(pre[:, n : 2 * n])
-    g = jnp.tanh(pre[:, 2 * n : 3 * n])
-    o = jax.nn.sigmoid(pre[:, 3 * n :])
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
-    return h, c, jnp.concatenate([i, f, g, o], axis=-1)
+def _row(v: Array, ndim: int) -> Array:
+    """A vector shaped to broadcast over the last axis of an `ndim`-D array (the tests
+    run with `jax_numpy_rank_promotion="raise"`)."""
+    return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
-def _transposed(w: LSTMWeights) -> LSTMWeights:
-    # Transposed once, outside the scan: a transposed operand inside the step costs a
-    # copy per step (10-25% at small batches on CPU).
-    return w._replace(w_enc=w.w_enc.T, w_ih=w.w_ih.T, w_hh=w.w_hh.T)
+def _gates(pre_scaled: Array, scale: Array, shift: Array) -> Array:
+    nd = pre_scaled.ndim
+    return jnp.tanh(pre_scaled) * _row(scale, nd) + _row(shift, nd)
 
 
-def _scan(
-    act: Callable[[Array], Array],
-    w: LSTMWeights,
-    xs: Array,
-    keep: Array | None,
-    h0: Array,
-    c0: Array,
-    with_residuals: bool,
-):
-    wt = _transposed(w)
+def lstm_gates(pre: Array) -> Array:
+    """The four gates `i, f, g, o` after their nonlinearities, from the pre-activations
+    `(..., 4H)`: `sigmoid` for `i, f, o` and `tanh` for `g`, as one `tanh`."""
+    scale, shift = gate_scales(pre.shape[-1] // 4, pre.dtype)
+    return _gates(pre * _row(scale, pre.ndim), scale, shift)
 
-    def body(hc, inp):
+
+class _Prepared(NamedTuple):
+    """The weights in the layout the kernel uses: `(in, out)`, gate columns halved for
+    the sigmoid gates (exact), and `[W_ih; W_hh]` stacked for the reverse pass."""
+
+    w_enc: Array  # (obs, hidden)
+    b_enc: Array
+    w_ih: Array  # (hidden, 4H), scaled
+    w_hh: Array  # (H, 4H), scaled
+    w_zh: Array  # (hidden + H, 4H), scaled
+    b: Array  # (4H,), scaled
+    scale: Array
+    shift: Array
+
+
+def _prepare(w: LSTMWeights) -> _Prepared:
+    scale, shift = gate_scales(w.w_hh.shape[1], w.w_hh.dtype)
+    w_ih = w.w_ih.T * scale[None]
+    w_hh = w.w_hh.T * scale[None]
+    return _Prepared(
+        w.w_enc.T, w.b_enc, w_ih, w_hh, jnp.concatenate([w_ih, w_hh], 0), w.b * scale, scale, shift
+    )
+
+
+def _split(a: Array, k: int) -> tuple[Array, Array]:
+    """`(T, ...)` into a head `(T % k, ...)` and chunks `(T // k, k, ...)`."""
+    r = a.shape[0] % k
+    return a[:r], a[r:].reshape((a.shape[0] // k, k) + a.shape[1:])
+
+
+def _split_opt(a: Array | None, k: int) -> tuple[Array | None, Array | None]:
+    return (None, None) if a is None else _split(a, k)
+
+
+def _forward_chunk(p: _Prepared, act, hc, xs: Array, keep: Array | None, residuals: bool):
+    """`len(xs)` steps from carry `hc`: the encoder and the input projection as one
+    matmul, then the recurrence."""
+    n = p.w_hh.shape[0]
+    zi = act(xs @ p.w_enc + _row(p.b_enc, 3)) @ p.w_ih + _row(p.b, 3)
+
+    def step(hc, inp):
         h, c = hc
-        x, k = inp
+        zi_t, k = inp
         if k is not None:
             h = h * k
             c = c * k
-        h_new, c_new, gates = _cell(wt, act, x, h, c)
-        out = (h_new, gates, c) if with_residuals else h_new
-        return (h_new, c_new), out
+        gates = _gates(zi_t + h @ p.w_hh, p.scale, p.shift)
+        i, f, g, o = (gates[:, j * n : (j + 1) * n] for j in range(4))
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), ((h, c) if residuals else h)
 
-    return jax.lax.scan(body, (h0, c0), (xs, keep))
+    return jax.lax.scan(step, hc, (zi, keep))
+
+
+def _forward(act, w, xs, keep, h0, c0, residuals):
+    p = _prepare(w)
+    k = chunk_steps(xs.shape[0], xs.shape[1])
+    x_head, x_body = _split(xs, k)
+    k_head, k_body = _split_opt(keep, k)
+    hc, outs = (h0, c0), []
+    if x_head.shape[0]:
+        hc, ys = _forward_chunk(p, act, hc, x_head, k_head, residuals)
+        outs.append(ys)
+    if x_body.shape[0]:
+        hc, ys = jax.lax.scan(
+            lambda hc, inp: _forward_chunk(p, act, hc, inp[0], inp[1], residuals),
+            hc,
+            (x_body, k_body),
+        )
+        outs.append(jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), ys))
+    if len(outs) == 1:
+        return hc, outs[0]
+    return hc, jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *outs)
 
 
 def _lstm_primal(act, w, xs, keep, h0, c0):
-    (h, c), hs = _scan(act, w, xs, keep, h0, c0, with_residuals=False)
+    (h, c), hs = _forward(act, w, xs, keep, h0, c0, residuals=False)
     return hs, h, c
 
 
 def _lstm_fwd(act, w, xs, keep, h0, c0):
-    (h, c), (hs, gates, c_prev) = _scan(act, w, xs, keep, h0, c0, with_residuals=True)
-    return (hs, h, c), (w, xs, keep, h0, hs, gates, c_prev)
+    (h, c), (hs, cs) = _forward(act, w, xs, keep, h0, c0, residuals=True)
+    return (hs, h, c), (w, xs, keep, h0, c0, hs, cs)
 
 
-def _lstm_bwd(act, res, cts):
-    w, xs, keep, h0, hs, gates, c_prev = res
-    d_hs, d_h_last, d_c_last = cts
-    t_len, batch, n = hs.shape
+def _backward_chunk(w: LSTMWeights, p: _Prepared, act, carry, inp):
+    """The reverse pass over one chunk: recompute its gates in one matmul, run the
+    recurrence backwards step by step, then every gradient in one matmul each."""
+    dh_next, dc_next, acc = carry
+    xs, keep, h_prev, c_prev, d_hs = inp
+    steps, batch, obs = xs.shape
+    n = h_prev.shape[-1]
+    z, act_vjp = jax.vjp(act, xs @ p.w_enc + _row(p.b_enc, 3))
+    zh = jnp.concatenate([z, h_prev], axis=-1)
+    gates = _gates(zh @ p.w_zh + _row(p.b, 3), p.scale, p.shift)
+    i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
+    tc = jnp.tanh(f * c_prev + i * g)
+    dc_dh = o * (1.0 - tc * tc)
+    # d pre-activation = [dc, dc, dc, dh] * local, elementwise.
+    local = jnp.concatenate(
+        [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)],
+        axis=-1,
+    )
 
-    def body(dhc, inp):
+    def step(dhc, inp):
         dh_next, dc_next = dhc
-        dh_out, gate, cp, k = inp
-        i = gate[:, :n]
-        f = gate[:, n : 2 * n]
-        g = gate[:, 2 * n : 3 * n]
-        o = gate[:, 3 * n :]
-        tc = jnp.tanh(f * cp + i * g)
+        dh_out, local_t, dc_dh_t, f_t, k = inp
         dh = dh_out + dh_next
-        dc = dc_next + dh * o * (1.0 - tc * tc)
-        d_pre = jnp.concatenate(
-            [
-                dc * g * i * (1.0 - i),
-                dc * cp * f * (1.0 - f),
-                dc * i * (1.0 - g * g),
-                dh * tc * o * (1.0 - o),
-            ],
-            axis=-1,
-        )
+        dc = dc_next + dh * dc_dh_t
+        d_pre = jnp.concatenate([dc, dc, dc, dh], axis=-1) * local_t
         dh_prev = d_pre @ w.w_hh
-        dc_prev = dc * f
+        dc_prev = dc * f_t
         if k is not None:
             dh_prev = dh_prev * k
             dc_prev = dc_prev * k
         return (dh_prev, dc_prev), d_pre
 
-    (dh0, dc0), d_pre = jax.lax.scan(
-        body, (d_h_last, d_c_last), (d_hs, gates, c_prev, keep), reverse=True
+    (dh, dc), d_pre = jax.lax.scan(
+        step, (dh_next, dc_next), (d_hs, local, dc_dh, f, keep), reverse=True
     )
+    rows = steps * batch
+    d_pre = d_pre.reshape(rows, 4 * n)
+    zh = zh.reshape(rows, zh.shape[-1])
+    (d_enc,) = act_vjp((d_pre @ w.w_ih).reshape(z.shape))
+    d_enc = d_enc.reshape(rows, d_enc.shape[-1])
+    x_rows = xs.reshape(rows, obs)
+    d_zh = d_pre.T @ zh
+    hidden = z.shape[-1]
+    grads = LSTMWeights(
+        w_enc=d_enc.T @ x_rows,
+        b_enc=jnp.sum(d_enc, axis=0),
+        w_ih=d_zh[:, :hidden],
+        w_hh=d_zh[:, hidden:],
+        b=jnp.sum(d_pre, axis=0),
+    )
+    acc = jax.tree.map(jnp.add, acc, grads)
+    d_xs = (d_enc @ w.w_enc).reshape(xs.shape)
+    return (dh, dc, acc), d_xs
 
-    # Everything below is one large matmul over all T * B rows.
-    rows = t_len * batch
-    g_rows = d_pre.reshape(rows, 4 * n)
+
+def _lstm_bwd(act, res, cts):
+    w, xs, keep, h0, c0, hs, cs = res
+    d_hs, d_h_last, d_c_last = cts
+    p = _prepare(w)
+    # The carry entering every step, after its reset.
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
     if keep is not None:
         h_prev = h_prev * keep
-    h_prev = h_prev.reshape(rows, n)
-    x_rows = xs.reshape(rows, xs.shape[-1])
-    enc_pre, act_vjp = jax.vjp(act, x_rows @ w.w_enc.T + _row(w.b_enc))
-    (d_enc_pre,) = act_vjp(g_rows @ w.w_ih)
-    grads = LSTMWeights(
-        w_enc=d_enc_pre.T @ x_rows,
-        b_enc=jnp.sum(d_enc_pre, axis=0),
-        w_ih=g_rows.T @ enc_pre,
-        w_hh=g_rows.T @ h_prev,
-        b=jnp.sum(g_rows, axis=0),
-    )
-    d_xs = (d_enc_pre @ w.w_enc).reshape(xs.shape)
+        c_prev = c_prev * keep
+    k = chunk_steps(xs.shape[0], xs.shape[1])
+    parts = [_split_opt(a, k) for a in (xs, keep, h_prev, c_prev, d_hs)]
+    head = tuple(q[0] for q in parts)
+    body = tuple(q[1] for q in parts)
+    carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, w))
+    d_xs = []
+    if xs.shape[0] >= k:
+        carry, d_body = jax.lax.scan(
+            lambda carry, inp: _backward_chunk(w, p, act, carry, inp), carry, body, reverse=True
+        )
+        d_xs.append(d_body.reshape((-1,) + d_body.shape[2:]))
+    if xs.shape[0] % k:
+        carry, d_head = _backward_chunk(w, p, act, carry, head)
+        d_xs.insert(0, d_head)
+    dh0, dc0, grads = carry
+    d_xs = d_xs[0] if len(d_xs) == 1 else jnp.concatenate(d_xs, axis=0)
     d_keep = None if keep is None else jnp.zeros_like(keep)
     return grads, d_xs, d_keep, dh0, dc0
 

@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ._action_spaces import _lift, _unlift, ActionSpace, FreeSpace
 from ._distributions import CategoricalPolicy, GaussianPolicy
-from ._lstm_scan import lstm_sequence, LSTMWeights
+from ._lstm_scan import lstm_gates, lstm_sequence, LSTMWeights
 
 
 def _identity(x: Array) -> Array:
@@ -441,9 +441,9 @@ class LSTMActorCritic(eqx.Module):
         gates = z @ cell.weight_ih.T + h @ cell.weight_hh.T
         if cell.bias is not None:
             gates = _add_bias(gates, cell.bias)
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        i, f, g, o = jnp.split(lstm_gates(gates), 4, axis=-1)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
         return h, c
 
     def _weights(self) -> LSTMWeights:

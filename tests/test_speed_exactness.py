@@ -15,12 +15,32 @@ import numpy as np
 import pytest
 
 import eqx_lstm_ac as lac
+from eqx_lstm_ac import _lstm_scan
 
 from .helpers import make_model
 
 
 T, B = 6, 3
+CHUNK = 5
+LENGTHS = [CHUNK - 2, 2 * CHUNK, 2 * CHUNK + 3]
+"""Sequence lengths for the kernel: shorter than one chunk, whole chunks, and whole
+chunks after a shorter first one."""
 RTOL, ATOL = 2e-5, 2e-6
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks of `CHUNK` steps at batch `B`, so that these small sequences cross chunk
+    boundaries (by default a chunk has about 2048 rows: the whole sequence here)."""
+    monkeypatch.setattr(_lstm_scan, "CHUNK_ROWS", CHUNK * B)
+    assert _lstm_scan.chunk_steps(100, B) == CHUNK
+
+
+def test_chunk_steps(monkeypatch):
+    monkeypatch.setattr(_lstm_scan, "CHUNK_ROWS", 2048)
+    assert _lstm_scan.chunk_steps(128, 256) == 8
+    assert _lstm_scan.chunk_steps(7, 1) == 7  # never more than T
+    assert _lstm_scan.chunk_steps(128, 10**6) == 2  # never one-step chunks
 
 
 def _perturbed(model, key):
@@ -34,15 +54,15 @@ def _perturbed(model, key):
     return eqx.combine(jax.tree.unflatten(treedef, leaves), model)
 
 
-def _inputs(key, model):
+def _inputs(key, model, t_len=T):
     k_x, k_s, k_h, k_c, k_a = jax.random.split(key, 5)
-    xs = jax.random.normal(k_x, (T, B, model.obs_dim))
-    starts = jax.random.bernoulli(k_s, 0.3, (T, B))
+    xs = jax.random.normal(k_x, (t_len, B, model.obs_dim))
+    starts = jax.random.bernoulli(k_s, 0.3, (t_len, B))
     carry = lac.LSTMCarry(
         jax.random.normal(k_h, (B, model.lstm_features)),
         jax.random.normal(k_c, (B, model.lstm_features)),
     )
-    actions = jax.random.normal(k_a, (T, B, model.action_dim))
+    actions = jax.random.normal(k_a, (t_len, B, model.action_dim))
     return xs, starts, carry, actions
 
 
@@ -113,13 +133,14 @@ def _grads(loss, model, xs, carry, starts, actions):
     )(params, xs, carry)
 
 
-def test_sequence_equals_vmapped_cell(getkey):
+@pytest.mark.parametrize("t_len", LENGTHS)
+def test_sequence_equals_vmapped_cell(getkey, t_len):
     model, _ = make_model(activation="tanh")
     model = _perturbed(model, getkey())
-    xs, starts, carry, _ = _inputs(getkey(), model)
+    xs, starts, carry, _ = _inputs(getkey(), model, t_len)
     for s in (starts, None):
         loc, value, last = _sequence(model, xs, carry, s)
-        s_ref = jnp.zeros((T, B), bool) if s is None else s
+        s_ref = jnp.zeros((t_len, B), bool) if s is None else s
         loc_ref, value_ref, last_ref = _reference(model, xs, carry, s_ref)
         _close(value, value_ref)
         _close(loc, loc_ref)
@@ -148,11 +169,13 @@ def test_single_step_equals_cell(getkey):
         _close(value, jax.vmap(model.critic)(h))
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_gradients_equal_plain_scan(getkey, remat):
+@pytest.mark.parametrize(
+    ("remat", "t_len"), [(False, t) for t in LENGTHS] + [(True, LENGTHS[-1])]
+)
+def test_gradients_equal_plain_scan(getkey, remat, t_len):
     model, _ = make_model(remat=remat, actor_sigma_head=True)
     model = _perturbed(model, getkey())
-    xs, starts, carry, actions = _inputs(getkey(), model)
+    xs, starts, carry, actions = _inputs(getkey(), model, t_len)
     starts = starts.at[0, 0].set(True).at[0, 1].set(False)  # one reset at t = 0, one not
     got = _grads(_ours_loss, model, xs, carry, starts, actions)
     want = _grads(_reference_loss, model, xs, carry, starts, actions)
