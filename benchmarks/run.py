@@ -162,9 +162,14 @@ def bench_step(batch, repeats, target_s, torch):
     model = P.make_ours()
     x = jax.random.normal(jax.random.key(0), (batch, P.OBS))
     key = jax.random.key(1)
-    box = {"state": model.init_state((batch,))}
+    box = {"state": model.init_state((batch,)), "actor": model.init_state((batch,))}
+    actor = lac.Actor(model)
 
     def ours():
+        out, box["actor"] = actor(x, box["actor"], key=key)
+        return out
+
+    def ours_act():
         out, box["state"] = model.act(x, box["state"], key=key)
         return out
 
@@ -186,7 +191,7 @@ def bench_step(batch, repeats, target_s, torch):
         out, box["flax"] = flax_act(params, x, box["flax"], key)
         return out
 
-    fns = {"ours": ours, "flax": flax}
+    fns = {"ours": ours, "ours_act": ours_act, "flax": flax}
     if torch is not None:
         tm = P.torch_from_ours(model)
         tx = torch.from_numpy(np.asarray(x))

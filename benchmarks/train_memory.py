@@ -434,9 +434,9 @@ def main() -> None:
     parser.add_argument("--sb3-seconds", type=float, default=480.0, help="wall-clock cap")
     parser.add_argument("--sb3-threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
-    {"memory": part_memory, "pomdp": part_pomdp, "sb3": part_sb3, "report": part_report}[
-        args.part
-    ](args)
+    {"memory": part_memory, "pomdp": part_pomdp, "sb3": part_sb3, "report": part_report}[args.part](
+        args
+    )
 
 
 if __name__ == "__main__":

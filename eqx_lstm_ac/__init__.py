@@ -54,5 +54,5 @@ from ._ppo import (
     TrainState as TrainState,
     Trajectory as Trajectory,
 )
-from ._rollout import Rollout as Rollout, rollout as rollout
+from ._rollout import Actor as Actor, Rollout as Rollout, rollout as rollout
 from ._version import __version__ as __version__

@@ -113,3 +113,72 @@ def rollout(
     trajectory = Rollout(*outs, carry=carry0)
     state = model._store(state, LSTMCarry(h, c))
     return trajectory, (state, env_state, obs, episode_start)
+
+
+class Actor:
+    """`model.act` and `model.reset` for rollouts driven one step at a time from Python,
+    at the dispatch cost of a plain `jax.jit`.
+
+    `model.act` is an `eqx.filter_jit` method: every call flattens the model and
+    splits its arrays from the rest before it reaches the compiled code, which costs
+    more than the step itself at small batches. An `Actor` does that split once, when
+    it is made, and then calls a `jax.jit` function of the arrays alone. It computes
+    exactly what `model.act` and `model.reset` compute (a test holds it); when the
+    whole loop, environment included, is JAX, [`eqx_lstm_ac.rollout`][] is cheaper
+    still.
+
+    ```python
+    actor = lac.Actor(model)
+    state = actor.reset(state, obs.shape)
+    for t in range(steps):
+        (action, log_prob, value), state = actor(obs, state, key=keys[t])
+        obs, start = env.step(action)  # any Python environment
+        state = actor.reset(state, obs.shape, mask=start)
+    ```
+
+    Make a new `Actor` after the model's weights change (e.g. after a training
+    update): it holds the arrays it was made with.
+    """
+
+    def __init__(self, model: Any):
+        """**Arguments:**
+
+        - `model`: an [`eqx_lstm_ac.LSTMActorCritic`][] or
+          [`eqx_lstm_ac.MLPActorCritic`][].
+        """
+        params, static = eqx.partition(model, eqx.is_array)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        self.model = model
+        self._leaves = leaves
+
+        def rebuild(leaves):
+            return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+
+        def act(leaves, x, state, key, deterministic):
+            return rebuild(leaves).act(x, state, key=key, deterministic=deterministic)
+
+        def reset(leaves, state, mask, shape):
+            return rebuild(leaves).reset(state, shape, mask)
+
+        self._act = jax.jit(act, static_argnums=4)
+        self._reset = jax.jit(reset, static_argnums=3)
+
+    def __call__(
+        self,
+        x: Float[Array, "*batch obs"],
+        state: eqx.nn.State,
+        *,
+        key: PRNGKeyArray,
+        deterministic: bool = False,
+    ) -> tuple[tuple[Array, Float[Array, "*batch"], Float[Array, "*batch"]], eqx.nn.State]:
+        """As [`eqx_lstm_ac.LSTMActorCritic.act`][]: `(action, log_prob, value), state`."""
+        return self._act(self._leaves, x, state, key, bool(deterministic))
+
+    def reset(
+        self,
+        state: eqx.nn.State,
+        shape: tuple[int, ...],
+        mask: Bool[Array, " n"] | None = None,
+    ) -> eqx.nn.State:
+        """As [`eqx_lstm_ac.LSTMActorCritic.reset`][]."""
+        return self._reset(self._leaves, state, mask, tuple(shape))

@@ -325,7 +325,11 @@ def test_ppo_train_step_on_4_devices_equals_1_device():
     the carry included, stays split along `data`."""
     env = lac.MemoryTask(delay=3)
     config = lac.PPOConfig(
-        num_envs=8, num_steps=6, total_steps=96, num_epochs=2, num_minibatches=2,
+        num_envs=8,
+        num_steps=6,
+        total_steps=96,
+        num_epochs=2,
+        num_minibatches=2,
         lr_schedule="constant",
     )
     ppo = lac.PPO(config, env)

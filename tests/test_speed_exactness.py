@@ -169,9 +169,7 @@ def test_single_step_equals_cell(getkey):
         _close(value, jax.vmap(model.critic)(h))
 
 
-@pytest.mark.parametrize(
-    ("remat", "t_len"), [(False, t) for t in LENGTHS] + [(True, LENGTHS[-1])]
-)
+@pytest.mark.parametrize(("remat", "t_len"), [(False, t) for t in LENGTHS] + [(True, LENGTHS[-1])])
 def test_gradients_equal_plain_scan(getkey, remat, t_len):
     model, _ = make_model(remat=remat, actor_sigma_head=True)
     model = _perturbed(model, getkey())
@@ -254,3 +252,39 @@ def test_rollout_matches_single_steps_and_sequence(getkey):
     )
     _close(log_prob, traj.log_probs)
     _close(value, traj.values)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_discrete", "mlp"])
+def test_actor_equals_act_and_reset(getkey, kind):
+    """`Actor` is `act` and `reset` with the model split once: the same outputs."""
+    if kind == "mlp":
+        model = lac.MLPActorCritic(
+            observation_space_size=5, action_space_size=3, hidden_features=8, key=getkey()
+        )
+        state = model.init_state((B,))
+    else:
+        model, state = make_model(carry_shape=(B,), discrete=kind == "lstm_discrete")
+        model = _perturbed(model, getkey())
+    actor = lac.Actor(model)
+    xs = jax.random.normal(getkey(), (T, B, model.obs_dim))
+    starts = jax.random.bernoulli(getkey(), 0.3, (T, B))
+    st_a, st_b = state, state
+    for t in range(T):
+        key = getkey()
+        for det in (False, True):
+            out_a, _ = model.act(xs[t], st_a, key=key, deterministic=det)
+            out_b, _ = actor(xs[t], st_b, key=key, deterministic=det)
+            for a, b in zip(out_a, out_b, strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        _, st_a = model.act(xs[t], st_a, key=key)
+        _, st_b = actor(xs[t], st_b, key=key)
+        st_a = model.reset(st_a, xs[t].shape, mask=starts[t])
+        st_b = actor.reset(st_b, xs[t].shape, mask=starts[t])
+        for a, b in zip(jax.tree.leaves(st_a), jax.tree.leaves(st_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if kind == "lstm":
+        # The carry really advanced and some of it was reset (the check is not vacuous).
+        assert np.any(np.asarray(model.carry(st_b).h) != 0.0)
+        assert np.all(np.asarray(model.carry(actor.reset(st_b, xs[0].shape)).h) == 0.0)
+    with pytest.raises(ValueError, match="obs|observation"):
+        actor(jnp.zeros((B, model.obs_dim + 1)), st_b, key=getkey())
