@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
@@ -50,54 +51,46 @@ class LSTMWeights(NamedTuple):
     b: Float[Array, " gates"]
 
 
-def gate_scales(n: int, dtype) -> tuple[Array, Array]:
+def gate_scales(n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """`(scale, shift)` over the `4n` gate columns `i, f, g, o`: `(1/2, 1/2)` for the
     sigmoid gates, `(1, 0)` for `g`, so that `tanh(scale * pre) * scale + shift` is every
-    gate at once."""
-    col = jnp.arange(4 * n)
-    is_g = (col >= 2 * n) & (col < 3 * n)
-    return jnp.where(is_g, 1.0, 0.5).astype(dtype), jnp.where(is_g, 0.0, 0.5).astype(dtype)
+    gate at once. NumPy arrays: constants of the compiled program, not computed in it."""
+    is_g = np.zeros(4 * n, bool)
+    is_g[2 * n : 3 * n] = True
+    scale = np.where(is_g, 1.0, 0.5).astype(dtype)
+    return scale, np.where(is_g, 0.0, 0.5).astype(dtype)
 
 
-def _row(v: Array, ndim: int) -> Array:
+def _row(v, ndim: int):
     """A vector shaped to broadcast over the last axis of an `ndim`-D array (the tests
     run with `jax_numpy_rank_promotion="raise"`)."""
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
-def _gates(pre_scaled: Array, scale: Array, shift: Array) -> Array:
-    nd = pre_scaled.ndim
-    return jnp.tanh(pre_scaled) * _row(scale, nd) + _row(shift, nd)
-
-
 def lstm_gates(pre: Array) -> Array:
     """The four gates `i, f, g, o` after their nonlinearities, from the pre-activations
-    `(..., 4H)`: `sigmoid` for `i, f, o` and `tanh` for `g`, as one `tanh`."""
+    `(..., 4H)`: `sigmoid` for `i, f, o` and `tanh` for `g`, as one `tanh`. (Halving is
+    exact, so this is `sigmoid` to the last bits of `tanh`.)"""
     scale, shift = gate_scales(pre.shape[-1] // 4, pre.dtype)
-    return _gates(pre * _row(scale, pre.ndim), scale, shift)
+    scale, shift = _row(scale, pre.ndim), _row(shift, pre.ndim)
+    return jnp.tanh(pre * scale) * scale + shift
 
 
 class _Prepared(NamedTuple):
-    """The weights in the layout the kernel uses: `(in, out)`, gate columns halved for
-    the sigmoid gates (exact), and `[W_ih; W_hh]` stacked for the reverse pass."""
+    """The weights in the layout the kernel uses: `(in, out)`, and `[W_ih; W_hh]`
+    stacked for the reverse pass."""
 
     w_enc: Array  # (obs, hidden)
     b_enc: Array
-    w_ih: Array  # (hidden, 4H), scaled
-    w_hh: Array  # (H, 4H), scaled
-    w_zh: Array  # (hidden + H, 4H), scaled
-    b: Array  # (4H,), scaled
-    scale: Array
-    shift: Array
+    w_ih: Array  # (hidden, 4H)
+    w_hh: Array  # (H, 4H)
+    w_zh: Array  # (hidden + H, 4H)
+    b: Array  # (4H,)
 
 
 def _prepare(w: LSTMWeights) -> _Prepared:
-    scale, shift = gate_scales(w.w_hh.shape[1], w.w_hh.dtype)
-    w_ih = w.w_ih.T * scale[None]
-    w_hh = w.w_hh.T * scale[None]
-    return _Prepared(
-        w.w_enc.T, w.b_enc, w_ih, w_hh, jnp.concatenate([w_ih, w_hh], 0), w.b * scale, scale, shift
-    )
+    w_ih, w_hh = w.w_ih.T, w.w_hh.T
+    return _Prepared(w.w_enc.T, w.b_enc, w_ih, w_hh, jnp.concatenate([w_ih, w_hh], 0), w.b)
 
 
 def _split(a: Array, k: int) -> tuple[Array, Array]:
@@ -122,7 +115,7 @@ def _forward_chunk(p: _Prepared, act, hc, xs: Array, keep: Array | None, residua
         if k is not None:
             h = h * k
             c = c * k
-        gates = _gates(zi_t + h @ p.w_hh, p.scale, p.shift)
+        gates = lstm_gates(zi_t + h @ p.w_hh)
         i, f, g, o = (gates[:, j * n : (j + 1) * n] for j in range(4))
         c = f * c + i * g
         h = o * jnp.tanh(c)
@@ -171,7 +164,7 @@ def _backward_chunk(w: LSTMWeights, p: _Prepared, act, carry, inp):
     n = h_prev.shape[-1]
     z, act_vjp = jax.vjp(act, xs @ p.w_enc + _row(p.b_enc, 3))
     zh = jnp.concatenate([z, h_prev], axis=-1)
-    gates = _gates(zh @ p.w_zh + _row(p.b, 3), p.scale, p.shift)
+    gates = lstm_gates(zh @ p.w_zh + _row(p.b, 3))
     i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
     tc = jnp.tanh(f * c_prev + i * g)
     dc_dh = o * (1.0 - tc * tc)
