@@ -107,7 +107,8 @@ def _forward_chunk(p: _Prepared, act, hc, xs: Array, keep: Array | None, residua
     """`len(xs)` steps from carry `hc`: the encoder and the input projection as one
     matmul, then the recurrence."""
     n = p.w_hh.shape[0]
-    zi = act(xs @ p.w_enc + _row(p.b_enc, 3)) @ p.w_ih + _row(p.b, 3)
+    zi = act(xs @ p.w_enc + _row(p.b_enc, 3)) @ p.w_ih
+    b = _row(p.b, 2)  # added in the step, inside its elementwise fusion
 
     def step(hc, inp):
         h, c = hc
@@ -115,7 +116,7 @@ def _forward_chunk(p: _Prepared, act, hc, xs: Array, keep: Array | None, residua
         if k is not None:
             h = h * k
             c = c * k
-        gates = lstm_gates(zi_t + h @ p.w_hh)
+        gates = lstm_gates(zi_t + h @ p.w_hh + b)
         i, f, g, o = (gates[:, j * n : (j + 1) * n] for j in range(4))
         c = f * c + i * g
         h = o * jnp.tanh(c)
