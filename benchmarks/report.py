@@ -52,6 +52,23 @@ def sequence_rows(results):
     return rows
 
 
+def sequence_table(results) -> list[str]:
+    """The sequence-mode rows as a Markdown table."""
+    lines = [
+        "| T | B | pass | ours (ms) | ours via `eqx.filter_jit` (ms) | flax nnx (ms) "
+        "| torch (ms) | speed-up vs faster peer | ours GFLOP/s | of matmul peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sequence_rows(results):
+        lines.append(
+            f"| {r['T']} | {r['B']} | {r['mode'].replace('_', '+')} | {r['ours_ms']:.2f} "
+            f"| {_fmt(r['filter_ms'], 1)} "
+            f"| {r['flax_ms']:.2f} | {_fmt(r['torch_ms'], 1)} | **{r['speedup']:.2f}x** "
+            f"({r['vs']}) | {r['gflops']:.0f} | {100 * r['peak_frac']:.0f}% |"
+        )
+    return lines
+
+
 def summary_table(results) -> str:
     """The results as Markdown tables (also printed by `benchmarks.run`)."""
     lines = []
@@ -66,18 +83,7 @@ def summary_table(results) -> str:
     lines.append("")
     lines.append("### Sequence mode (ratios > 1: ours faster)")
     lines.append("")
-    lines.append(
-        "| T | B | pass | ours (ms) | ours via `eqx.filter_jit` (ms) | flax nnx (ms) "
-        "| torch (ms) | speed-up vs faster peer | ours GFLOP/s | of matmul peak |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for r in sequence_rows(results):
-        lines.append(
-            f"| {r['T']} | {r['B']} | {r['mode'].replace('_', '+')} | {r['ours_ms']:.2f} "
-            f"| {_fmt(r['filter_ms'], 1)} "
-            f"| {r['flax_ms']:.2f} | {_fmt(r['torch_ms'], 1)} | **{r['speedup']:.2f}x** "
-            f"({r['vs']}) | {r['gflops']:.0f} | {100 * r['peak_frac']:.0f}% |"
-        )
+    lines.extend(sequence_table(results))
     lines.append("")
     lines.append("### Single step (one jitted call, carry in `eqx.nn.State`)")
     lines.append("")
@@ -257,6 +263,15 @@ def main(argv=None):
         results = json.load(f)
     notes_path = os.path.join(ROOT, "benchmarks", "results", "notes.md")
     notes = open(notes_path).read() if os.path.exists(notes_path) else ""
+    tuned_path = os.path.join(ROOT, "benchmarks", "results", "cpu-malloc-tuned.json")
+    if os.path.exists(tuned_path):
+        with open(tuned_path) as f:
+            tuned = json.load(f)
+        notes = notes.replace(
+            "{malloc_tuned_table}",
+            f"Matmul peak in that run: {tuned['matmul_gflops']:.0f} GFLOP/s.\n\n"
+            + "\n".join(sequence_table(tuned)),
+        )
     write_page(
         results,
         os.path.join(ROOT, "docs", "benchmarks.md"),

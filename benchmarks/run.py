@@ -322,6 +322,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid, few repeats")
     parser.add_argument("--out", default=None, help="JSON results file")
+    parser.add_argument("--sequence-only", action="store_true", help="only the sequence-mode grid")
     args = parser.parse_args(argv)
 
     if args.quick:
@@ -362,9 +363,11 @@ def main(argv=None):
     for t_len, batch in grid:
         times = bench_sequence(t_len, batch, repeats, target_s, torch)
         seq.append({"T": t_len, "B": batch, **times})
+    if args.sequence_only:
+        steps_b, rollout_b = [], []
     steps = [{"B": b, "times": bench_step(b, repeats + 2, target_s, torch)} for b in steps_b]
     rollouts = [{"B": b, "per_step": bench_rollout(b, 128, repeats, target_s)} for b in rollout_b]
-    compile_ = bench_compile(*compile_shape, compile_repeats)
+    compile_ = None if args.sequence_only else bench_compile(*compile_shape, compile_repeats)
     peaks.append(matmul_peak())
     log(f"matmul peak again: {peaks[1]:.1f} GFLOP/s")
     peak = max(peaks)
@@ -379,15 +382,17 @@ def main(argv=None):
         sequence=seq,
         step=steps,
         rollout=rollouts,
-        compile={"T": compile_shape[0], "B": compile_shape[1], **compile_},
+        compile=None
+        if compile_ is None
+        else {"T": compile_shape[0], "B": compile_shape[1], **compile_},
     )
     results["meta"]["load_after"] = os.getloadavg()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(results, f, indent=1)
-    from .report import summary_table
+    from .report import sequence_table, summary_table
 
-    print(summary_table(results))
+    print("\n".join(sequence_table(results)) if args.sequence_only else summary_table(results))
     log(f"wrote {out_path}")
 
 
