@@ -626,8 +626,9 @@ class LSTMActorCritic(eqx.Module):
 
         !!! info "Differentiation"
             Without `remat`, the reverse pass is hand-written (`jax.custom_vjp`): the
-            recurrence runs step by step and the weight gradients are one matmul over
-            all steps. It equals `jax.grad` of the plain scan to float32 precision and
+            recurrence runs step by step, and the gates (recomputed) and the weight
+            gradients are one matmul per chunk of about 2048 rows (steps x batch). It
+            equals `jax.grad` of the plain scan to float32 precision and
             supports reverse mode (`jax.grad`, `jax.vjp`) under `jit` and `vmap`, but
             not forward mode (`jax.jvp`); use `remat=True` for that.
         """
