@@ -12,8 +12,8 @@ keeps just `h` and `c` of every step for the reverse pass, not the `4H` gates.
 Two more choices measured on CPU:
 
 - every gate comes from one `tanh` over the `4H` pre-activations, with
-  `sigmoid(x) = tanh(x / 2) / 2 + 1/2`; the halving is folded into the weights (exact:
-  a power of two) and XLA's `tanh` is several times faster than its `logistic`;
+  `sigmoid(x) = tanh(x / 2) / 2 + 1/2` (halving is exact: a power of two); XLA's CPU
+  `tanh` is several times faster than its `logistic`, an exponential and a division;
 - chunks of a few steps keep the recomputed gates in cache; one chunk over the whole
   sequence (a `(T, B, 4H)` tensor) is slower, and so is one step at a time.
 
