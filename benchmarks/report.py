@@ -236,7 +236,8 @@ in `benchmarks/results/cpu.json`) and then `python -m benchmarks.report`.
   of the plain scan to float32 precision, with the gradients of the observations and of
   the initial carry, with episode starts inside the sequence and across chunk
   boundaries (`tests/test_speed_exactness.py`). `remat=True` keeps the plain scan with
-  the step under `jax.checkpoint` (least memory, and forward-mode differentiation).
+  the step under `jax.checkpoint` (about the same memory, somewhat slower, and
+  forward-mode differentiation too).
 - **`eqx_lstm_ac.Actor`** for single steps from Python: `model.act` is an
   `eqx.filter_jit` method that flattens and splits the model on every call; an `Actor`
   splits it once and calls a plain `jax.jit` function of the arrays.

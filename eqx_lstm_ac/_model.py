@@ -311,8 +311,10 @@ class LSTMActorCritic(eqx.Module):
           `eqx.nn.make_with_state` (e.g. `(num_envs,)`); not part of the model.
         - `discrete`: a categorical policy over `action_space_size` actions, with
           `actor_mu` as its logits head.
-        - `remat`: recompute the scan body in the backward pass of sequence mode
-          (`jax.checkpoint`): same values and gradients, less memory.
+        - `remat`: differentiate sequence mode through a plain scan with the step
+          under `jax.checkpoint` instead of the hand-written reverse pass: same values
+          and gradients and about the same memory (both keep only `h` and `c` per
+          step), somewhat slower, and it supports forward mode (`jax.jvp`) too.
         - `key`: a `jax.random.key` for the initial parameters. (Keyword only.)
 
         **Raises:**
