@@ -77,20 +77,17 @@ def lstm_gates(pre: Array) -> Array:
 
 
 class _Prepared(NamedTuple):
-    """The weights in the layout the kernel uses: `(in, out)`, and `[W_ih; W_hh]`
-    stacked for the reverse pass."""
+    """The weights in the layout the kernel uses: `(in, out)`."""
 
     w_enc: Array  # (obs, hidden)
     b_enc: Array
     w_ih: Array  # (hidden, 4H)
     w_hh: Array  # (H, 4H)
-    w_zh: Array  # (hidden + H, 4H)
     b: Array  # (4H,)
 
 
 def _prepare(w: LSTMWeights) -> _Prepared:
-    w_ih, w_hh = w.w_ih.T, w.w_hh.T
-    return _Prepared(w.w_enc.T, w.b_enc, w_ih, w_hh, jnp.concatenate([w_ih, w_hh], 0), w.b)
+    return _Prepared(w.w_enc.T, w.b_enc, w.w_ih.T, w.w_hh.T, w.b)
 
 
 def _split(a: Array, k: int) -> tuple[Array, Array]:
@@ -156,7 +153,7 @@ def _lstm_fwd(act, w, xs, keep, h0, c0):
     return (hs, h, c), (w, xs, keep, h0, c0, hs, cs)
 
 
-def _backward_chunk(w: LSTMWeights, p: _Prepared, act, carry, inp):
+def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, carry, inp):
     """The reverse pass over one chunk: recompute its gates in one matmul, run the
     recurrence backwards step by step, then every gradient in one matmul each."""
     dh_next, dc_next, acc = carry
@@ -165,7 +162,7 @@ def _backward_chunk(w: LSTMWeights, p: _Prepared, act, carry, inp):
     n = h_prev.shape[-1]
     z, act_vjp = jax.vjp(act, xs @ p.w_enc + _row(p.b_enc, 3))
     zh = jnp.concatenate([z, h_prev], axis=-1)
-    gates = lstm_gates(zh @ p.w_zh + _row(p.b, 3))
+    gates = lstm_gates(zh @ w_zh + _row(p.b, 3))
     i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
     tc = jnp.tanh(f * c_prev + i * g)
     dc_dh = o * (1.0 - tc * tc)
@@ -215,6 +212,7 @@ def _lstm_bwd(act, res, cts):
     w, xs, keep, h0, c0, hs, cs = res
     d_hs, d_h_last, d_c_last = cts
     p = _prepare(w)
+    w_zh = jnp.concatenate([p.w_ih, p.w_hh], axis=0)  # (hidden + H, 4H), for [z, h_prev]
     # The carry entering every step, after its reset.
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
@@ -229,11 +227,14 @@ def _lstm_bwd(act, res, cts):
     d_xs = []
     if xs.shape[0] >= k:
         carry, d_body = jax.lax.scan(
-            lambda carry, inp: _backward_chunk(w, p, act, carry, inp), carry, body, reverse=True
+            lambda carry, inp: _backward_chunk(w, p, w_zh, act, carry, inp),
+            carry,
+            body,
+            reverse=True,
         )
         d_xs.append(d_body.reshape((-1,) + d_body.shape[2:]))
     if xs.shape[0] % k:
-        carry, d_head = _backward_chunk(w, p, act, carry, head)
+        carry, d_head = _backward_chunk(w, p, w_zh, act, carry, head)
         d_xs.insert(0, d_head)
     dh0, dc0, grads = carry
     d_xs = d_xs[0] if len(d_xs) == 1 else jnp.concatenate(d_xs, axis=0)
