@@ -30,7 +30,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 1024
 """Rows (steps x batch) per chunk: the bulk matmuls run over about this many rows, few
 enough that a chunk's recomputed gates stay in cache."""
 
@@ -42,13 +42,16 @@ def chunk_steps(t_len: int, batch: int) -> int:
 
 
 class LSTMWeights(NamedTuple):
-    """The differentiable arrays of the encoder and the cell (`eqx` layout: `(out, in)`)."""
+    """The differentiable arrays of the encoder, the cell and the linear readout of the
+    hidden state (`eqx` layout: `(out, in)`)."""
 
     w_enc: Float[Array, "hidden obs"]
     b_enc: Float[Array, " hidden"]
     w_ih: Float[Array, "gates hidden"]
     w_hh: Float[Array, "gates lstm"]
     b: Float[Array, " gates"]
+    w_out: Float[Array, "out lstm"]
+    b_out: Float[Array, " out"]
 
 
 def gate_scales(n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -84,10 +87,12 @@ class _Prepared(NamedTuple):
     w_ih: Array  # (hidden, 4H)
     w_hh: Array  # (H, 4H)
     b: Array  # (4H,)
+    w_out: Array  # (H, out)
+    b_out: Array
 
 
 def _prepare(w: LSTMWeights) -> _Prepared:
-    return _Prepared(w.w_enc.T, w.b_enc, w.w_ih.T, w.w_hh.T, w.b)
+    return _Prepared(w.w_enc.T, w.b_enc, w.w_ih.T, w.w_hh.T, w.b, w.w_out.T, w.b_out)
 
 
 def _split(a: Array, k: int) -> tuple[Array, Array]:
@@ -102,7 +107,8 @@ def _split_opt(a: Array | None, k: int) -> tuple[Array | None, Array | None]:
 
 def _forward_chunk(p: _Prepared, act, hc, xs: Array, keep: Array | None, residuals: bool):
     """`len(xs)` steps from carry `hc`: the encoder and the input projection as one
-    matmul, then the recurrence."""
+    matmul, then the recurrence, then the readout as one matmul. With `residuals`, also
+    the hidden states and the cell state entering the chunk, for the reverse pass."""
     n = p.w_hh.shape[0]
     zi = act(xs @ p.w_enc + _row(p.b_enc, 3)) @ p.w_ih
     b = _row(p.b, 2)  # added in the step, inside its elementwise fusion
@@ -117,60 +123,97 @@ def _forward_chunk(p: _Prepared, act, hc, xs: Array, keep: Array | None, residua
         i, f, g, o = (gates[:, j * n : (j + 1) * n] for j in range(4))
         c = f * c + i * g
         h = o * jnp.tanh(c)
-        return (h, c), ((h, c) if residuals else h)
+        return (h, c), h
 
-    return jax.lax.scan(step, hc, (zi, keep))
+    hc_last, hs = jax.lax.scan(step, hc, (zi, keep))
+    ys = hs @ p.w_out + _row(p.b_out, 3)
+    return hc_last, ((ys, (hs, hc[1])) if residuals else (ys, None))
 
 
 def _forward(act, w, xs, keep, h0, c0, residuals):
+    """The readouts `(T, B, out)`, the last carry, and (with `residuals`) the hidden
+    states and chunk-entry cell states of the head chunk and of the body chunks."""
     p = _prepare(w)
     k = chunk_steps(xs.shape[0], xs.shape[1])
     x_head, x_body = _split(xs, k)
     k_head, k_body = _split_opt(keep, k)
-    hc, outs = (h0, c0), []
+    hc, ys = (h0, c0), []
+    res_head = res_body = None
     if x_head.shape[0]:
-        hc, ys = _forward_chunk(p, act, hc, x_head, k_head, residuals)
-        outs.append(ys)
+        hc, (y, res_head) = _forward_chunk(p, act, hc, x_head, k_head, residuals)
+        ys.append(y)
     if x_body.shape[0]:
-        hc, ys = jax.lax.scan(
+        hc, (y, res_body) = jax.lax.scan(
             lambda hc, inp: _forward_chunk(p, act, hc, inp[0], inp[1], residuals),
             hc,
             (x_body, k_body),
         )
-        outs.append(jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), ys))
-    if len(outs) == 1:
-        return hc, outs[0]
-    return hc, jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *outs)
+        ys.append(y.reshape((-1,) + y.shape[2:]))
+    ys = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=0)
+    return hc, ys, (res_head, res_body)
 
 
 def _lstm_primal(act, w, xs, keep, h0, c0):
-    (h, c), hs = _forward(act, w, xs, keep, h0, c0, residuals=False)
-    return hs, h, c
+    (h, c), ys, _ = _forward(act, w, xs, keep, h0, c0, residuals=False)
+    return ys, h, c
+
+
+def _value(a):
+    """The array inside a `CustomVJPPrimal` (the forward rule sees symbolic zeros)."""
+    return a.value
 
 
 def _lstm_fwd(act, w, xs, keep, h0, c0):
-    (h, c), (hs, cs) = _forward(act, w, xs, keep, h0, c0, residuals=True)
-    return (hs, h, c), (w, xs, keep, h0, c0, hs, cs)
+    # With `symbolic_zeros`, every array comes wrapped with whether it is differentiated.
+    # The observations usually are not: then their gradient is not computed at all.
+    d_xs_needed = xs.perturbed
+    w, xs, keep, h0, c0 = jax.tree.map(_value, (w, xs, keep, h0, c0))
+    (h, c), ys, res = _forward(act, w, xs, keep, h0, c0, residuals=True)
+    return (ys, h, c), (w, xs, keep, h0, res, d_xs_needed)
 
 
-def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, carry, inp):
-    """The reverse pass over one chunk: recompute its gates in one matmul, run the
-    recurrence backwards step by step, then every gradient in one matmul each."""
+def _instantiate(ct, like: Array) -> Array:
+    """A cotangent as an array: zeros for a symbolic zero (an unused output), made from
+    `like` so that inside `shard_map` they vary over the same mesh axes."""
+    if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+        aval: jax.ShapeDtypeStruct = ct.aval  # type: ignore[assignment]  # a ShapedArray
+        return jnp.zeros_like(like, shape=aval.shape, dtype=aval.dtype)
+    return ct
+
+
+def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, d_xs_needed: bool, carry, inp):
+    """The reverse pass over one chunk: recompute its gates in one matmul and its cell
+    states elementwise, run the recurrence backwards step by step, then every gradient
+    in one matmul each."""
     dh_next, dc_next, acc = carry
-    xs, keep, h_prev, c_prev, d_hs = inp
+    xs, keep, (hs, h_entry, c_entry), d_ys = inp
     steps, batch, obs = xs.shape
-    n = h_prev.shape[-1]
+    n = hs.shape[-1]
+    # The hidden state entering every step, after its reset.
+    h_prev = jnp.concatenate([h_entry[None], hs[:-1]], axis=0)
+    if keep is not None:
+        h_prev = h_prev * keep
     z, act_vjp = jax.vjp(act, xs @ p.w_enc + _row(p.b_enc, 3))
     zh = jnp.concatenate([z, h_prev], axis=-1)
     gates = lstm_gates(zh @ w_zh + _row(p.b, 3))
     i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
-    tc = jnp.tanh(f * c_prev + i * g)
+
+    def c_step(c, inp):
+        f_t, ig_t, k = inp
+        if k is not None:
+            c = c * k
+        c_new = f_t * c + ig_t
+        return c_new, (c, c_new)
+
+    _, (c_prev, cs) = jax.lax.scan(c_step, c_entry, (f, i * g, keep))
+    tc = jnp.tanh(cs)
     dc_dh = o * (1.0 - tc * tc)
     # d pre-activation = [dc, dc, dc, dh] * local, elementwise.
     local = jnp.concatenate(
         [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)],
         axis=-1,
     )
+    d_hs = d_ys @ w.w_out
 
     def step(dhc, inp):
         dh_next, dc_next = dhc
@@ -195,6 +238,7 @@ def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, carry, inp):
     d_enc = d_enc.reshape(rows, d_enc.shape[-1])
     x_rows = xs.reshape(rows, obs)
     d_zh = d_pre.T @ zh
+    d_y_rows = d_ys.reshape(rows, d_ys.shape[-1])
     hidden = z.shape[-1]
     grads = LSTMWeights(
         w_enc=d_enc.T @ x_rows,
@@ -202,48 +246,68 @@ def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, carry, inp):
         w_ih=d_zh[:, :hidden],
         w_hh=d_zh[:, hidden:],
         b=jnp.sum(d_pre, axis=0),
+        w_out=d_y_rows.T @ hs.reshape(rows, n),
+        b_out=jnp.sum(d_y_rows, axis=0),
     )
     acc = jax.tree.map(jnp.add, acc, grads)
-    d_xs = (d_enc @ w.w_enc).reshape(xs.shape)
+    d_xs = (d_enc @ w.w_enc).reshape(xs.shape) if d_xs_needed else None
     return (dh, dc, acc), d_xs
 
 
 def _lstm_bwd(act, res, cts):
-    w, xs, keep, h0, c0, hs, cs = res
-    d_hs, d_h_last, d_c_last = cts
+    w, xs, keep, h0, (res_head, res_body), d_xs_needed = res
+    d_ys, d_h_last, d_c_last = (_instantiate(ct, xs) for ct in cts)
     p = _prepare(w)
     w_zh = jnp.concatenate([p.w_ih, p.w_hh], axis=0)  # (hidden + H, 4H), for [z, h_prev]
-    # The carry entering every step, after its reset.
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
-    if keep is not None:
-        h_prev = h_prev * keep
-        c_prev = c_prev * keep
     k = chunk_steps(xs.shape[0], xs.shape[1])
-    parts = [_split_opt(a, k) for a in (xs, keep, h_prev, c_prev, d_hs)]
-    head = tuple(q[0] for q in parts)
-    body = tuple(q[1] for q in parts)
+    parts = [_split_opt(a, k) for a in (xs, keep, d_ys)]
+    (x_head, x_body), (k_head, k_body), (y_head, y_body) = parts
     carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, w))
     d_xs = []
-    if xs.shape[0] >= k:
+    if res_body is not None:
+        hs_body, c_body = res_body
+        _, steps, batch, n = hs_body.shape
+        h_start = h0 if res_head is None else res_head[0][-1]
+
+        def body_chunk(carry, inp):
+            # The hidden state entering chunk `j` is the last one of chunk `j - 1`: read
+            # in place, not stored a second time.
+            j, xs_j, keep_j, hs_j, c_j, d_ys_j = inp
+            last = jax.lax.dynamic_slice(
+                hs_body, (jnp.maximum(j - 1, 0), steps - 1, 0, 0), (1, 1, batch, n)
+            )
+            h_j = jnp.where(j > 0, last.reshape(batch, n), h_start)
+            res_j = (hs_j, h_j, c_j)
+            return _backward_chunk(
+                w, p, w_zh, act, d_xs_needed, carry, (xs_j, keep_j, res_j, d_ys_j)
+            )
+
         carry, d_body = jax.lax.scan(
-            lambda carry, inp: _backward_chunk(w, p, w_zh, act, carry, inp),
+            body_chunk,
             carry,
-            body,
+            (jnp.arange(hs_body.shape[0]), x_body, k_body, hs_body, c_body, y_body),
             reverse=True,
         )
-        d_xs.append(d_body.reshape((-1,) + d_body.shape[2:]))
-    if xs.shape[0] % k:
-        carry, d_head = _backward_chunk(w, p, w_zh, act, carry, head)
+        d_xs.append(None if d_body is None else d_body.reshape((-1,) + d_body.shape[2:]))
+    if res_head is not None:
+        hs_head, c_head = res_head
+        carry, d_head = _backward_chunk(
+            w, p, w_zh, act, d_xs_needed, carry, (x_head, k_head, (hs_head, h0, c_head), y_head)
+        )
         d_xs.insert(0, d_head)
     dh0, dc0, grads = carry
-    d_xs = d_xs[0] if len(d_xs) == 1 else jnp.concatenate(d_xs, axis=0)
-    d_keep = None if keep is None else jnp.zeros_like(keep)
-    return grads, d_xs, d_keep, dh0, dc0
+    if not d_xs_needed:
+        d_xs = None
+    elif len(d_xs) == 1:
+        d_xs = d_xs[0]
+    else:
+        d_xs = jnp.concatenate(d_xs, axis=0)
+    # `keep` is data (episode starts), never differentiated.
+    return grads, d_xs, None, dh0, dc0
 
 
 _lstm = jax.custom_vjp(_lstm_primal, nondiff_argnums=(0,))
-_lstm.defvjp(_lstm_fwd, _lstm_bwd)
+_lstm.defvjp(_lstm_fwd, _lstm_bwd, symbolic_zeros=True)
 
 
 def lstm_sequence(
@@ -253,13 +317,15 @@ def lstm_sequence(
     keep: Float[Array, "T B 1"] | None,
     h0: Float[Array, "B lstm"],
     c0: Float[Array, "B lstm"],
-) -> tuple[Float[Array, "T B lstm"], Float[Array, "B lstm"], Float[Array, "B lstm"]]:
-    """Encoder + LSTM over a time-major batch, with the fused reverse pass.
+) -> tuple[Float[Array, "T B out"], Float[Array, "B lstm"], Float[Array, "B lstm"]]:
+    """Encoder + LSTM + linear readout over a time-major batch, with the fused reverse
+    pass.
 
     `keep[t, b]` is `0.0` where observation `t` of environment `b` begins an episode
     (the carry is zeroed before step `t`) and `1.0` elsewhere; `None` means no episode
-    starts inside the sequence. Returns the hidden state
-    after every step `(T, B, H)` and the final carry.
+    starts inside the sequence. Returns the readout `h_t @ w_out.T + b_out` of every
+    step `(T, B, out)` and the final carry. The hidden states themselves never leave
+    the kernel: their `(T, B, H)` cotangent is never materialised.
     """
     w, xs, keep, h0, c0 = _same_variance((w, xs, keep, h0, c0))
     return _lstm(act, w, xs, keep, h0, c0)

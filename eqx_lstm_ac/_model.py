@@ -155,6 +155,31 @@ def _policy_and_value(model: Any, features: Array) -> tuple[distrax.Distribution
     return GaussianPolicy(out, model.actor_sigma(features), model.bij), value
 
 
+def _readout_layers(model: Any) -> list[eqx.nn.Linear]:
+    """The linear layers that read the LSTM's hidden state, in the order their outputs
+    sit in the sequence kernel's readout: policy, value, then the state-dependent
+    standard deviation if there is one."""
+    layers = [model.actor_mu, model.critic]
+    if isinstance(model.actor_sigma, SoftplusStdHead):
+        layers.append(model.actor_sigma.linear)
+    return layers
+
+
+def _policy_and_value_from_readout(model: Any, ys: Array) -> tuple[distrax.Distribution, Array]:
+    """As `_policy_and_value`, from the readout of `_readout_layers` instead of the
+    hidden state."""
+    a = model.actor_mu.out_features
+    out, value = ys[..., :a], ys[..., a : a + 1]
+    if model.discrete:
+        return CategoricalPolicy(logits=out), value
+    assert model.actor_sigma is not None and model.bij is not None
+    if isinstance(model.actor_sigma, SoftplusStdHead):
+        sigma = jax.nn.softplus(ys[..., a + 1 :])
+    else:
+        sigma = model.actor_sigma(out)  # reads only the leading shape
+    return GaussianPolicy(out, sigma, model.bij), value
+
+
 def _act(
     pi: distrax.Distribution, value: Array, key: PRNGKeyArray, deterministic: bool
 ) -> tuple[Array, Array, Array]:
@@ -457,7 +482,19 @@ class LSTMActorCritic(eqx.Module):
         b_enc = self.encoder.bias
         if b_enc is None:
             b_enc = jnp.zeros((self.hidden_features,), self.encoder.weight.dtype)
-        return LSTMWeights(self.encoder.weight, b_enc, cell.weight_ih, cell.weight_hh, bias)
+        layers = _readout_layers(self)
+        w_out = jnp.concatenate([layer.weight for layer in layers], axis=0)
+        b_out = jnp.concatenate(
+            [
+                jnp.zeros((layer.weight.shape[0],), w_out.dtype)
+                if layer.bias is None
+                else layer.bias
+                for layer in layers
+            ]
+        )
+        return LSTMWeights(
+            self.encoder.weight, b_enc, cell.weight_ih, cell.weight_hh, bias, w_out, b_out
+        )
 
     def _scan_remat(
         self, xs: Array, carry: tuple[Array, Array], episode_start: Array | None
@@ -662,15 +699,12 @@ class LSTMActorCritic(eqx.Module):
 
         if self.remat:
             (h, c), features = self._scan_remat(xs, (carry.h, carry.c), episode_start)
-        else:
-            if episode_start is None:
-                keep = None
-            else:
-                keep = (~episode_start)[:, :, None].astype(xs.dtype)
-            features, h, c = lstm_sequence(
-                ACTIVATIONS[self.activation], self._weights(), xs, keep, carry.h, carry.c
-            )
-        return self._heads(features), LSTMCarry(h, c)
+            return self._heads(features), LSTMCarry(h, c)
+        keep = None if episode_start is None else (~episode_start)[:, :, None].astype(xs.dtype)
+        ys, h, c = lstm_sequence(
+            ACTIVATIONS[self.activation], self._weights(), xs, keep, carry.h, carry.c
+        )
+        return _policy_and_value_from_readout(self, ys), LSTMCarry(h, c)
 
     @eqx.filter_jit
     def evaluate(

@@ -31,14 +31,14 @@ RTOL, ATOL = 2e-5, 2e-6
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     """Chunks of `CHUNK` steps at batch `B`, so that these small sequences cross chunk
-    boundaries (by default a chunk has about 2048 rows: the whole sequence here)."""
+    boundaries (by default a chunk has about 1024 rows: the whole sequence here)."""
     monkeypatch.setattr(_lstm_scan, "CHUNK_ROWS", CHUNK * B)
     assert _lstm_scan.chunk_steps(100, B) == CHUNK
 
 
 def test_chunk_steps(monkeypatch):
-    monkeypatch.setattr(_lstm_scan, "CHUNK_ROWS", 2048)
-    assert _lstm_scan.chunk_steps(128, 256) == 8
+    monkeypatch.setattr(_lstm_scan, "CHUNK_ROWS", 1024)
+    assert _lstm_scan.chunk_steps(128, 256) == 4
     assert _lstm_scan.chunk_steps(7, 1) == 7  # never more than T
     assert _lstm_scan.chunk_steps(128, 10**6) == 2  # never one-step chunks
 
@@ -169,9 +169,14 @@ def test_single_step_equals_cell(getkey):
         _close(value, jax.vmap(model.critic)(h))
 
 
-@pytest.mark.parametrize(("remat", "t_len"), [(False, t) for t in LENGTHS] + [(True, LENGTHS[-1])])
-def test_gradients_equal_plain_scan(getkey, remat, t_len):
-    model, _ = make_model(remat=remat, actor_sigma_head=True)
+@pytest.mark.parametrize(
+    ("remat", "t_len", "sigma_head"),
+    [(False, t, True) for t in LENGTHS] + [(False, LENGTHS[-1], False), (True, LENGTHS[-1], True)],
+)
+def test_gradients_equal_plain_scan(getkey, remat, t_len, sigma_head):
+    """Every gradient, with the heads read out inside the kernel: policy mean, value
+    and (with `sigma_head`) the state-dependent standard deviation."""
+    model, _ = make_model(remat=remat, actor_sigma_head=sigma_head)
     model = _perturbed(model, getkey())
     xs, starts, carry, actions = _inputs(getkey(), model, t_len)
     starts = starts.at[0, 0].set(True).at[0, 1].set(False)  # one reset at t = 0, one not
@@ -184,6 +189,39 @@ def test_gradients_equal_plain_scan(getkey, remat, t_len):
     # The carry of environment 0 is reset before step 0: it gets no gradient.
     assert np.all(np.asarray(d_carry.h[0]) == 0.0)
     assert np.any(np.asarray(d_carry.h[1]) != 0.0)
+
+
+@pytest.mark.parametrize("used", ["outputs", "carry"])
+def test_gradients_of_part_of_the_outputs(getkey, used):
+    """A loss of the per-step outputs only, or of the last carry only: the unused
+    cotangents reach the reverse pass as symbolic zeros and must count as zeros."""
+    model, _ = make_model()
+    model = _perturbed(model, getkey())
+    xs, starts, carry, actions = _inputs(getkey(), model, LENGTHS[-1])
+
+    def part(full):
+        def loss(model, xs, carry, starts, actions):
+            (pi, value), last = full(model, xs, carry, starts)
+            if used == "outputs":
+                return jnp.sum(pi.log_prob(actions)) + jnp.sum(jnp.sin(value))
+            return jnp.sum(last.h**2) + jnp.sum(jnp.cos(last.c))
+
+        return loss
+
+    def ours(model, xs, carry, starts):
+        return model.sequence(xs, carry, starts)
+
+    def reference(model, xs, carry, starts):
+        hs, last = _reference_features(model, xs, carry, starts)
+        return model._heads(hs), last
+
+    got = _grads(part(ours), model, xs, carry, starts, actions)
+    want = _grads(part(reference), model, xs, carry, starts, actions)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(g, w)
+    d_critic = got[0].critic.weight
+    # The value head gets a gradient only from a loss of the outputs.
+    assert np.any(np.asarray(d_critic) != 0.0) == (used == "outputs")
 
 
 def test_remat_same_values(getkey):
