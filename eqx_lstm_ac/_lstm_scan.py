@@ -238,16 +238,13 @@ def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, d_xs_needed:
     d_enc = d_enc.reshape(rows, d_enc.shape[-1])
     x_rows = xs.reshape(rows, obs)
     d_zh = d_pre.T @ zh
-    d_y_rows = d_ys.reshape(rows, d_ys.shape[-1])
     hidden = z.shape[-1]
-    grads = LSTMWeights(
-        w_enc=d_enc.T @ x_rows,
-        b_enc=jnp.sum(d_enc, axis=0),
-        w_ih=d_zh[:, :hidden],
-        w_hh=d_zh[:, hidden:],
-        b=jnp.sum(d_pre, axis=0),
-        w_out=d_y_rows.T @ hs.reshape(rows, n),
-        b_out=jnp.sum(d_y_rows, axis=0),
+    grads = (
+        d_enc.T @ x_rows,
+        jnp.sum(d_enc, axis=0),
+        d_zh[:, :hidden],
+        d_zh[:, hidden:],
+        jnp.sum(d_pre, axis=0),
     )
     acc = jax.tree.map(jnp.add, acc, grads)
     d_xs = (d_enc @ w.w_enc).reshape(xs.shape) if d_xs_needed else None
@@ -262,7 +259,8 @@ def _lstm_bwd(act, res, cts):
     k = chunk_steps(xs.shape[0], xs.shape[1])
     parts = [_split_opt(a, k) for a in (xs, keep, d_ys)]
     (x_head, x_body), (k_head, k_body), (y_head, y_body) = parts
-    carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, w))
+    # The gradients of the encoder and the cell, accumulated chunk by chunk.
+    carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, tuple(w[:5])))
     d_xs = []
     if res_body is not None:
         hs_body, c_body = res_body
@@ -295,7 +293,15 @@ def _lstm_bwd(act, res, cts):
             w, p, w_zh, act, d_xs_needed, carry, (x_head, k_head, (hs_head, h0, c_head), y_head)
         )
         d_xs.insert(0, d_head)
-    dh0, dc0, grads = carry
+    dh0, dc0, (d_w_enc, d_b_enc, d_w_ih, d_w_hh, d_b) = carry
+    # The readout's gradients: one matmul over all the steps, after the chunks.
+    d_w_out = jnp.zeros_like(w.w_out)
+    for res_part, d_ys_part in ((res_head, y_head), (res_body, y_body)):
+        if res_part is not None and d_ys_part is not None:
+            hs_rows = res_part[0].reshape(-1, w.w_out.shape[1])
+            d_w_out = d_w_out + d_ys_part.reshape(hs_rows.shape[0], -1).T @ hs_rows
+    d_b_out = jnp.sum(d_ys, axis=(0, 1))
+    grads = LSTMWeights(d_w_enc, d_b_enc, d_w_ih, d_w_hh, d_b, d_w_out, d_b_out)
     if not d_xs_needed:
         d_xs = None
     elif len(d_xs) == 1:
