@@ -234,10 +234,14 @@ def _backward_chunk(w: LSTMWeights, p: _Prepared, w_zh: Array, act, d_xs_needed:
     rows = steps * batch
     d_pre = d_pre.reshape(rows, 4 * n)
     zh = zh.reshape(rows, zh.shape[-1])
+    # `d_pre.T @ zh` as written would contract over the rows of both operands, which
+    # XLA's CPU backend runs as a slow transposed product; the transpose made once (the
+    # barrier keeps XLA from folding it back into the product) lets it run as a plain
+    # matmul, about 8% of the whole pass at T=128, B=256.
+    d_zh = jax.lax.optimization_barrier(d_pre.T) @ zh
     (d_enc,) = act_vjp((d_pre @ w.w_ih).reshape(z.shape))
     d_enc = d_enc.reshape(rows, d_enc.shape[-1])
     x_rows = xs.reshape(rows, obs)
-    d_zh = d_pre.T @ zh
     hidden = z.shape[-1]
     grads = (
         d_enc.T @ x_rows,
