@@ -219,25 +219,31 @@ in `benchmarks/results/cpu.json`) and then `python -m benchmarks.report`.
 
 - **Batched matmuls**: each step computes `(B, I) @ (I, 4H)` with the cell's own weights,
   pre-transposed once outside the scan, instead of a `vmap` of matrix-vector products.
-- **Chunks of about 2048 rows**: the sequence is cut into chunks of `2048 / B` steps
-  (at least 2). Inside a chunk the encoder and the input projection are one matmul over
-  all the chunk's rows, and only `h @ W_hh` runs step by step. Whole-sequence hoisting
-  makes a `(T, B, 4H)` tensor that falls out of cache; one step at a time loses the
-  large matmuls; chunks keep both.
+- **Chunks of about 1024 rows**: the sequence is cut into chunks of `1024 / B` steps
+  (at least 2). Inside a chunk the encoder, the input projection and the heads' readout
+  are one matmul each over all the chunk's rows, and only `h @ W_hh` runs step by step.
+  Whole-sequence hoisting makes a `(T, B, 4H)` tensor that falls out of cache; one step
+  at a time loses the large matmuls; chunks keep both.
 - **One `tanh` for all four gates**: `sigmoid(x) = tanh(x / 2) / 2 + 1 / 2` (halving is
   exact: a power of two). XLA's CPU `logistic` lowers to
   an exponential and a division, and the step's elementwise work took 130 us at
   B = 256 that way against 18 us with one `tanh`.
-- **A hand-written reverse pass** (`jax.custom_vjp`): the forward pass keeps only `h` and
-  `c` of each step, not the `4H` gates. Per chunk, the reverse pass recomputes the gates
-  with one matmul of `[z, h_prev] @ [W_ih; W_hh]`, runs only the recurrence step by step
-  (gate gradients and `d_gates @ W_hh`), and then computes the weight gradients and the
-  encoder's gradients as one matmul each over the chunk's rows. It matches `jax.grad`
-  of the plain scan to float32 precision, with the gradients of the observations and of
-  the initial carry, with episode starts inside the sequence and across chunk
-  boundaries (`tests/test_speed_exactness.py`). `remat=True` keeps the plain scan with
-  the step under `jax.checkpoint` (about the same memory, somewhat slower, and
-  forward-mode differentiation too).
+- **A hand-written reverse pass** (`jax.custom_vjp`) that keeps little: the hidden state
+  `h` of every step and the cell state `c` entering each chunk, not the `4H` gates nor
+  `c` of every step. Per chunk, the reverse pass recomputes the gates with one matmul of
+  `[z, h_prev] @ [W_ih; W_hh]` and the cell states elementwise from them, runs only the
+  recurrence step by step (gate gradients and `d_gates @ W_hh`), and then computes the
+  weight gradients and the encoder's gradients as one matmul each over the chunk's rows.
+  The linear heads are read out inside the kernel, so the `(T, B, H)` hidden states and
+  their cotangent never leave it, and the observations' gradient is computed only when
+  it is asked for. At T=128, B=256 this is 31 MiB of temporaries (flax: 259 MiB), under
+  the 32 MiB above which glibc's allocator maps fresh pages for every call (see the
+  notes below). It matches `jax.grad` of the plain scan to float32 precision, with the
+  gradients of the observations and of the initial carry, with episode starts inside
+  the sequence and across chunk boundaries (`tests/test_speed_exactness.py`).
+  `remat=True` keeps the plain scan with the step under `jax.checkpoint` (twice the
+  memory, since it keeps `h` and `c` of every step; slower; and forward-mode
+  differentiation too).
 - **`eqx_lstm_ac.Actor`** for single steps from Python: `model.act` is an
   `eqx.filter_jit` method that flattens and splits the model on every call; an `Actor`
   splits it once and calls a plain `jax.jit` function of the arrays.

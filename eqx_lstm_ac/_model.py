@@ -337,9 +337,10 @@ class LSTMActorCritic(eqx.Module):
         - `discrete`: a categorical policy over `action_space_size` actions, with
           `actor_mu` as its logits head.
         - `remat`: differentiate sequence mode through a plain scan with the step
-          under `jax.checkpoint` instead of the hand-written reverse pass: same values
-          and gradients and about the same memory (both keep only `h` and `c` per
-          step), somewhat slower, and it supports forward mode (`jax.jvp`) too.
+          under `jax.checkpoint` instead of the hand-written reverse pass: the same
+          values and gradients, about twice the memory (it keeps `h` and `c` of every
+          step; the default keeps `h` of every step and `c` once per chunk), slower,
+          and it supports forward mode (`jax.jvp`) too.
         - `key`: a `jax.random.key` for the initial parameters. (Keyword only.)
 
         **Raises:**
@@ -666,7 +667,7 @@ class LSTMActorCritic(eqx.Module):
         !!! info "Differentiation"
             Without `remat`, the reverse pass is hand-written (`jax.custom_vjp`): the
             recurrence runs step by step, and the gates (recomputed) and the weight
-            gradients are one matmul per chunk of about 2048 rows (steps x batch). It
+            gradients are one matmul per chunk of about 1024 rows (steps x batch). It
             equals `jax.grad` of the plain scan to float32 precision and
             supports reverse mode (`jax.grad`, `jax.vjp`) under `jit` and `vmap`, but
             not forward mode (`jax.jvp`); use `remat=True` for that.
