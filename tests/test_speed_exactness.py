@@ -170,15 +170,21 @@ def test_single_step_equals_cell(getkey):
 
 
 @pytest.mark.parametrize(
-    ("remat", "t_len", "sigma_head"),
-    [(False, t, True) for t in LENGTHS] + [(False, LENGTHS[-1], False), (True, LENGTHS[-1], True)],
+    ("remat", "t_len", "heads"),
+    [(False, t, "sigma_head") for t in LENGTHS]
+    + [(False, LENGTHS[-1], "log_std"), (False, LENGTHS[-1], "discrete")]
+    + [(True, LENGTHS[-1], "sigma_head")],
 )
-def test_gradients_equal_plain_scan(getkey, remat, t_len, sigma_head):
-    """Every gradient, with the heads read out inside the kernel: policy mean, value
-    and (with `sigma_head`) the state-dependent standard deviation."""
-    model, _ = make_model(remat=remat, actor_sigma_head=sigma_head)
+def test_gradients_equal_plain_scan(getkey, remat, t_len, heads):
+    """Every gradient, with the heads read out inside the kernel: policy mean or
+    logits, value and (with `sigma_head`) the state-dependent standard deviation."""
+    model, _ = make_model(
+        remat=remat, actor_sigma_head=heads == "sigma_head", discrete=heads == "discrete"
+    )
     model = _perturbed(model, getkey())
     xs, starts, carry, actions = _inputs(getkey(), model, t_len)
+    if heads == "discrete":
+        actions = jax.random.randint(getkey(), (t_len, B), 0, model.action_dim)
     starts = starts.at[0, 0].set(True).at[0, 1].set(False)  # one reset at t = 0, one not
     got = _grads(_ours_loss, model, xs, carry, starts, actions)
     want = _grads(_reference_loss, model, xs, carry, starts, actions)
