@@ -145,39 +145,42 @@ def _check_obs(obs_dim: int, x: Array, what: str) -> None:
         )
 
 
-def _policy_and_value(model: Any, features: Array) -> tuple[distrax.Distribution, Array]:
-    """The heads shared by the actor-critic models: policy and `(..., 1)` values."""
-    value = _apply(model.critic, features)
-    out = _apply(model.actor_mu, features)
-    if model.discrete:
-        return CategoricalPolicy(logits=out), value
-    assert model.actor_sigma is not None and model.bij is not None
-    return GaussianPolicy(out, model.actor_sigma(features), model.bij), value
-
-
-def _readout_layers(model: Any) -> list[eqx.nn.Linear]:
-    """The linear layers that read the LSTM's hidden state, in the order their outputs
-    sit in the sequence kernel's readout: policy, value, then the state-dependent
-    standard deviation if there is one."""
+def _readout_weights(model: Any) -> tuple[Array, Array]:
+    """The heads' linear layers stacked into one `(out, lstm)` weight and `(out,)` bias:
+    policy (mean or logits), value, then the state-dependent standard deviation's
+    pre-activation if there is one. The sequence kernel reads the hidden state out with
+    it; the other paths apply it to their features."""
     layers = [model.actor_mu, model.critic]
     if isinstance(model.actor_sigma, SoftplusStdHead):
         layers.append(model.actor_sigma.linear)
-    return layers
+    weight = jnp.concatenate([layer.weight for layer in layers], axis=0)
+    bias = jnp.concatenate(
+        [
+            jnp.zeros((layer.weight.shape[0],), weight.dtype) if layer.bias is None else layer.bias
+            for layer in layers
+        ]
+    )
+    return weight, bias
 
 
 def _policy_and_value_from_readout(model: Any, ys: Array) -> tuple[distrax.Distribution, Array]:
-    """As `_policy_and_value`, from the readout of `_readout_layers` instead of the
-    hidden state."""
+    """The policy and the `(..., 1)` values from the readout `ys` of `_readout_weights`."""
     a = model.actor_mu.out_features
     out, value = ys[..., :a], ys[..., a : a + 1]
     if model.discrete:
         return CategoricalPolicy(logits=out), value
     assert model.actor_sigma is not None and model.bij is not None
     if isinstance(model.actor_sigma, SoftplusStdHead):
-        sigma = jax.nn.softplus(ys[..., a + 1 :])
+        sigma = model.actor_sigma.squash(ys[..., a + 1 :])
     else:
         sigma = model.actor_sigma(out)  # reads only the leading shape
     return GaussianPolicy(out, sigma, model.bij), value
+
+
+def _policy_and_value(model: Any, features: Array) -> tuple[distrax.Distribution, Array]:
+    """The heads shared by the actor-critic models: policy and `(..., 1)` values."""
+    weight, bias = _readout_weights(model)
+    return _policy_and_value_from_readout(model, _add_bias(features @ weight.T, bias))
 
 
 def _act(
@@ -213,7 +216,12 @@ class SoftplusStdHead(eqx.Module):
         self.linear = _linear(key, lstm_features, action_size, gain=0.01, bias=-1.0)
 
     def __call__(self, features: Float[Array, "*batch lstm"]) -> Float[Array, "*batch action"]:
-        return jax.nn.softplus(_apply(self.linear, features))
+        return self.squash(_apply(self.linear, features))
+
+    @staticmethod
+    def squash(pre: Array) -> Array:
+        """The standard deviation from the linear layer's output."""
+        return jax.nn.softplus(pre)
 
 
 @eqx.filter_jit
@@ -475,7 +483,7 @@ class LSTMActorCritic(eqx.Module):
         return h, c
 
     def _weights(self) -> LSTMWeights:
-        """The encoder's and the cell's arrays, for the sequence kernel."""
+        """The encoder's, the cell's and the heads' readout arrays, for the sequence kernel."""
         cell = self.cell
         bias = cell.bias
         if bias is None:
@@ -483,16 +491,7 @@ class LSTMActorCritic(eqx.Module):
         b_enc = self.encoder.bias
         if b_enc is None:
             b_enc = jnp.zeros((self.hidden_features,), self.encoder.weight.dtype)
-        layers = _readout_layers(self)
-        w_out = jnp.concatenate([layer.weight for layer in layers], axis=0)
-        b_out = jnp.concatenate(
-            [
-                jnp.zeros((layer.weight.shape[0],), w_out.dtype)
-                if layer.bias is None
-                else layer.bias
-                for layer in layers
-            ]
-        )
+        w_out, b_out = _readout_weights(self)
         return LSTMWeights(
             self.encoder.weight, b_enc, cell.weight_ih, cell.weight_hh, bias, w_out, b_out
         )
