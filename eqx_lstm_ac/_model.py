@@ -421,7 +421,7 @@ class LSTMActorCritic(eqx.Module):
 
     def zero_carry(self, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
         """A carry of zeros with leading shape `batch_shape`."""
-        z = jnp.zeros(tuple(batch_shape) + (self.lstm_features,), jnp.float32)
+        z = jnp.zeros(tuple(batch_shape) + (self.lstm_features,), self.cell.weight_hh.dtype)
         return LSTMCarry(z, z)
 
     def carry(self, state: eqx.nn.State) -> LSTMCarry:
@@ -690,7 +690,7 @@ class LSTMActorCritic(eqx.Module):
         if carry is None:
             # Zeros made from `xs`, not constants: inside `shard_map` they then vary over
             # the same mesh axes as `xs`, as `lax.scan` requires of its carry.
-            zero = jnp.zeros_like(xs[0, :, :1], jnp.float32)
+            zero = jnp.zeros_like(xs[0, :, :1], self.cell.weight_hh.dtype)
             zero = jnp.broadcast_to(zero, (batch, self.lstm_features))
             carry = LSTMCarry(zero, zero)
         else:
