@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ._action_spaces import _lift, _unlift, ActionSpace, FreeSpace
 from ._distributions import CategoricalPolicy, GaussianPolicy
-from ._lstm_scan import lstm_gates, lstm_sequence, LSTMWeights
+from ._lstm_scan import lstm_gates, lstm_sequence, LSTMWeights, matmul_t
 
 
 def _identity(x: Array) -> Array:
@@ -85,7 +85,7 @@ def _add_bias(y: Array, bias: Array) -> Array:
 
 def _apply(layer: eqx.nn.Linear, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
     """A linear layer applied over the last axis of a batch (one matmul, no vmap)."""
-    y = x @ layer.weight.T
+    y = matmul_t(x, layer.weight)
     if layer.bias is not None:
         y = _add_bias(y, layer.bias)
     return y
@@ -180,7 +180,7 @@ def _policy_and_value_from_readout(model: Any, ys: Array) -> tuple[distrax.Distr
 def _policy_and_value(model: Any, features: Array) -> tuple[distrax.Distribution, Array]:
     """The heads shared by the actor-critic models: policy and `(..., 1)` values."""
     weight, bias = _readout_weights(model)
-    return _policy_and_value_from_readout(model, _add_bias(features @ weight.T, bias))
+    return _policy_and_value_from_readout(model, _add_bias(matmul_t(features, weight), bias))
 
 
 def _act(
@@ -474,7 +474,7 @@ class LSTMActorCritic(eqx.Module):
         h, c = carry
         z = ACTIVATIONS[self.activation](_apply(self.encoder, x))
         cell = self.cell
-        gates = z @ cell.weight_ih.T + h @ cell.weight_hh.T
+        gates = matmul_t(z, cell.weight_ih) + matmul_t(h, cell.weight_hh)
         if cell.bias is not None:
             gates = _add_bias(gates, cell.bias)
         i, f, g, o = jnp.split(lstm_gates(gates), 4, axis=-1)
