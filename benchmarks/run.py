@@ -24,7 +24,7 @@ import numpy as np
 import eqx_lstm_ac as lac
 
 from . import peers as P
-from .timing import block, compare
+from .timing import block, calibrate, compare, rounds
 
 
 CORES = os.cpu_count() or 1
@@ -100,7 +100,9 @@ def keep_faster_torch(fns: dict, label: str) -> dict:
 # ---------------------------------------------------------------------- sequence mode
 
 
-def bench_sequence(t_len, batch, repeats, target_s, torch):
+def sequence_fns(t_len, batch, torch):
+    """The functions timed at one `(T, B)`: `{"fwd": {peer: fn}, "fwd_bwd": {peer: fn}}`,
+    each called without arguments, with PyTorch at its faster thread count."""
     model = P.make_ours()
     k = jax.random.split(jax.random.key(1), 3)
     xs = jax.random.normal(k[0], (t_len, batch, P.OBS))
@@ -151,17 +153,38 @@ def bench_sequence(t_len, batch, repeats, target_s, torch):
                 continue
             fwd[name] = torch_threads(torch, n)(t_fwd)
             grad[name] = torch_threads(torch, n)(t_grad)
-    out = {}
-    for mode, fns in (("fwd", fwd), ("fwd_bwd", grad)):
-        fns = keep_faster_torch(fns, f"T={t_len} B={batch} {mode}")
-        times = compare(fns, repeats, target_s)
-        out[mode] = times
+    return {
+        mode: keep_faster_torch(fns, f"T={t_len} B={batch} {mode}")
+        for mode, fns in (("fwd", fwd), ("fwd_bwd", grad))
+    }
+
+
+def bench_sequences(grid, repeats, target_s, torch):
+    """Median seconds per call of every peer at every `(T, B)` of `grid`, forward and
+    forward + backward.
+
+    The rounds are spread over the whole grid: round `r` of every shape runs before
+    round `r + 1` of any. This host has slow phases of 5-10 seconds in which a program
+    of many small steps runs up to 1.6x slower; measured one shape at a time, a shape
+    could fall entirely inside one. Spread this way, every shape's samples span the
+    whole run."""
+    setups = [((t_len, batch), sequence_fns(t_len, batch, torch)) for t_len, batch in grid]
+    cases = [(shape, mode, fns) for shape, modes in setups for mode, fns in modes.items()]
+    numbers = [{name: calibrate(fn, target_s) for name, fn in fns.items()} for *_, fns in cases]
+    samples: list[dict[str, list[float]]] = [{} for _ in cases]
+    for r in range(repeats):
+        for (_, _, fns), n, s in zip(cases, numbers, samples, strict=True):
+            rounds(fns, n, s, r)
+    if torch is not None:
+        torch.set_num_threads(CORES)
+    out: dict[tuple[int, int], dict] = {}
+    for ((t_len, batch), mode, _), s in zip(cases, samples, strict=True):
+        times = {name: statistics.median(v) for name, v in s.items()}
+        out.setdefault((t_len, batch), {})[mode] = times
         log(
             f"  T={t_len} B={batch} {mode}: "
             + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items())
         )
-    if torch is not None:
-        torch.set_num_threads(CORES)
     return out
 
 
@@ -332,7 +355,8 @@ def main(argv=None):
     else:
         grid = [(t, b) for t in (32, 128) for b in (16, 256, 1024)]
         steps_b, rollout_b = [1, 64, 1024], [1, 64]
-        repeats, target_s, compile_shape, compile_repeats = 5, 0.25, (128, 256), 3
+        # Many short rounds, spread over the grid (see `bench_sequences`).
+        repeats, target_s, compile_shape, compile_repeats = 15, 0.1, (128, 256), 5
     out_path = args.out or os.path.join(
         os.path.dirname(__file__), "results", "cpu-quick.json" if args.quick else "cpu.json"
     )
@@ -359,10 +383,10 @@ def main(argv=None):
     log("matmul peak...")
     peaks = [matmul_peak()]
     log(f"  {peaks[0]:.1f} GFLOP/s")
-    seq = []
-    for t_len, batch in grid:
-        times = bench_sequence(t_len, batch, repeats, target_s, torch)
-        seq.append({"T": t_len, "B": batch, **times})
+    seq = [
+        {"T": t_len, "B": batch, **times}
+        for (t_len, batch), times in bench_sequences(grid, repeats, target_s, torch).items()
+    ]
     if args.sequence_only:
         steps_b, rollout_b = [], []
     steps = [{"B": b, "times": bench_step(b, repeats + 2, target_s, torch)} for b in steps_b]

@@ -35,14 +35,27 @@ def calibrate(fn: Callable[[], object], target_s: float) -> int:
     return max(1, int(target_s / max(per, 1e-7)))
 
 
+def rounds(
+    fns: dict[str, Callable[[], object]],
+    numbers: dict[str, int],
+    samples: dict[str, list[float]],
+    r: int,
+) -> None:
+    """One interleaved round: each function timed once over `numbers[name]` calls, its
+    seconds per call appended to `samples[name]`. The order rotates with `r`, so that
+    no function always runs right after the same other one."""
+    names = list(fns)
+    for name in names[r % len(names) :] + names[: r % len(names)]:
+        samples.setdefault(name, []).append(time_call(fns[name], numbers[name]))
+
+
 def compare(
     fns: dict[str, Callable[[], object]], repeats: int, target_s: float
 ) -> dict[str, float]:
     """Median seconds per call of each function, measured in interleaved rounds (so a
     burst of load from other processes hits all of them alike)."""
     numbers = {name: calibrate(fn, target_s) for name, fn in fns.items()}
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            samples[name].append(time_call(fn, numbers[name]))
+    samples: dict[str, list[float]] = {}
+    for r in range(repeats):
+        rounds(fns, numbers, samples, r)
     return {name: statistics.median(s) for name, s in samples.items()}
