@@ -5,8 +5,16 @@ from ._action_spaces import (
     ACTION_SPACES as ACTION_SPACES,
     ActionSpace as ActionSpace,
     BoxSpace as BoxSpace,
+    describe_space as describe_space,
     FreeSpace as FreeSpace,
     MaxNormSpace as MaxNormSpace,
+    space_from_description as space_from_description,
+)
+from ._actor_critic import (
+    AbstractActorCritic as AbstractActorCritic,
+    ACTIVATIONS as ACTIVATIONS,
+    LogStdParameter as LogStdParameter,
+    SoftplusStdHead as SoftplusStdHead,
 )
 from ._baseline import MLPActorCritic as MLPActorCritic
 from ._checkpoint import load as load, read_header as read_header, save as save
@@ -23,13 +31,7 @@ from ._envs import (
     MemoryState as MemoryState,
     MemoryTask as MemoryTask,
 )
-from ._model import (
-    ACTIVATIONS as ACTIVATIONS,
-    LogStdParameter as LogStdParameter,
-    LSTMActorCritic as LSTMActorCritic,
-    LSTMCarry as LSTMCarry,
-    SoftplusStdHead as SoftplusStdHead,
-)
+from ._model import LSTMActorCritic as LSTMActorCritic, LSTMCarry as LSTMCarry
 from ._parallel import (
     check_num_envs as check_num_envs,
     DATA_AXIS as DATA_AXIS,
@@ -45,14 +47,19 @@ from ._ppo import (
     Batch as Batch,
     compute_gae as compute_gae,
     evaluate_policy as evaluate_policy,
-    make_model as make_model,
     PPO as PPO,
     ppo_loss as ppo_loss,
     PPOConfig as PPOConfig,
     shard_train_state as shard_train_state,
     train as train,
     TrainState as TrainState,
+)
+from ._registry import make_model as make_model, model_class as model_class, MODELS as MODELS
+from ._rollout import (
+    Actor as Actor,
+    rollout as rollout,
+    RolloutState as RolloutState,
+    start_rollout as start_rollout,
     Trajectory as Trajectory,
 )
-from ._rollout import Actor as Actor, Rollout as Rollout, rollout as rollout
 from ._version import __version__ as __version__

@@ -219,3 +219,73 @@ def _unlift(bijector: distrax.Bijector) -> distrax.Bijector:
     if isinstance(bijector, distrax.Block):
         return bijector.bijector
     return bijector
+
+
+def describe_space(bijector: distrax.Bijector | None) -> dict[str, Any] | None:
+    """How a checkpoint names an action space: `{"type": kind, "args": config}` for a
+    space of [`eqx_lstm_ac.ACTION_SPACES`][], `{"type": "custom", "class": name}` for a
+    user-defined bijector (which a file cannot rebuild), `None` for none (discrete)."""
+    if bijector is None:
+        return None
+    space = _unlift(bijector)
+    if isinstance(space, ActionSpace):
+        return {"type": space.kind, "args": space.config()}
+    return {"type": "custom", "class": type(space).__qualname__}
+
+
+def space_from_description(
+    desc: Any, given: distrax.Bijector | None = None
+) -> distrax.Bijector | None:
+    """The action space that `describe_space` described as `desc`.
+
+    **Arguments:**
+
+    - `desc`: the description.
+    - `given`: a bijector passed by the caller: required for a user-defined space, which
+      only its class name describes; otherwise it must be the space described.
+
+    **Raises:**
+
+    `ValueError` for a corrupt description, a user-defined space without `given`, or a
+    `given` space that is not the one described.
+    """
+    if desc is None:
+        if given is not None:
+            raise ValueError(
+                f"The model has no action space (discrete actions); got action_space={given!r}."
+            )
+        return None
+    if not isinstance(desc, dict) or not isinstance(desc.get("type"), str):
+        raise ValueError(f"bad action_space description {desc!r}.")
+    kind = desc["type"]
+    if kind == "custom":
+        name = desc.get("class")
+        if given is None:
+            raise ValueError(
+                f"the model was saved with a user-defined action space ({name!r}); pass it "
+                "again: load(path, action_space=...)."
+            )
+        if type(_unlift(given)).__qualname__ != name:
+            raise ValueError(
+                f"the model was saved with the action space {name!r}; got "
+                f"{type(_unlift(given)).__qualname__!r}."
+            )
+        return given
+    if kind not in ACTION_SPACES:
+        raise ValueError(
+            f"unknown action space {kind!r}; expected one of {sorted(ACTION_SPACES)} or 'custom'."
+        )
+    args = desc.get("args", {})
+    if not isinstance(args, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()
+    ):
+        raise ValueError(f"bad action_space args {args!r}.")
+    try:
+        space = ACTION_SPACES[kind](**args)
+    except TypeError as e:
+        raise ValueError(f"bad action_space args {args!r} for {kind} ({e}).") from None
+    if given is not None and not (
+        isinstance(_unlift(given), ActionSpace) and _unlift(given) == space
+    ):
+        raise ValueError(f"the model was saved with the action space {space!r}; got {given!r}.")
+    return space

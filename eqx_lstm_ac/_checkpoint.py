@@ -14,20 +14,21 @@ space from fixed tables; nothing in the file is imported, evaluated or unpickled
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import distrax
 import equinox as eqx
 import jax
+import jax.tree_util as jtu
 import numpy as np
 
-from ._action_spaces import ACTION_SPACES
-from ._baseline import MLPActorCritic
-from ._model import ACTIVATIONS, LSTMActorCritic
+from ._actor_critic import AbstractActorCritic
+from ._registry import model_class, MODELS
 from ._version import __version__
 
 
@@ -35,45 +36,16 @@ MAGIC = b"EQXLSTMAC\n"
 FORMAT_VERSION = 1
 _LEN = struct.Struct("<Q")
 _MAX_HEADER = 1 << 20
-
-_MODELS: dict[str, type[LSTMActorCritic] | type[MLPActorCritic]] = {
-    "LSTMActorCritic": LSTMActorCritic,
-    "MLPActorCritic": MLPActorCritic,
-}
-"""The model classes a checkpoint can name (a fixed table; a header without a `model`
-entry holds an `LSTMActorCritic`)."""
+_MAX_NPY_HEADER = 1 << 16
+"""The most bytes one array's `.npy` header may take (NumPy writes 128)."""
 
 
-def _space_from_header(desc: Any, path: Path, action_space: distrax.Bijector | None):
-    if action_space is not None:
-        return action_space
-    if desc is None:
-        return None
-    if not isinstance(desc, dict) or "type" not in desc:
-        raise ValueError(f"{path}: corrupt checkpoint header: bad action_space {desc!r}.")
-    kind = desc["type"]
-    if kind == "custom":
-        raise ValueError(
-            f"{path}: the model was saved with a user-defined action space "
-            f"({desc.get('class')!r}); pass it again: load(path, action_space=...)."
-        )
-    if kind not in ACTION_SPACES:
-        raise ValueError(
-            f"{path}: unknown action space {kind!r} in checkpoint; expected one of "
-            f"{sorted(ACTION_SPACES)}."
-        )
-    args = desc.get("args", {})
-    if not isinstance(args, dict) or not all(isinstance(v, (int, float)) for v in args.values()):
-        raise ValueError(f"{path}: corrupt checkpoint header: bad action_space args {args!r}.")
-    return ACTION_SPACES[kind](**args)
-
-
-def save(path: str | os.PathLike, model: LSTMActorCritic | MLPActorCritic) -> None:
+def save(path: str | os.PathLike, model: AbstractActorCritic) -> None:
     """Save `model` to the file `path`.
 
-    The file holds a JSON header (format version, library version, `model.metadata`,
-    the action space's type and arguments) and then the arrays. The carry is not saved:
-    a loaded model works with any batch shape.
+    The file holds a JSON header (format version, library version, the model's class
+    and `model.metadata`, with the action space's type and arguments) and then the
+    arrays. The carry is not saved: a loaded model works with any batch shape.
 
     The file is written to a temporary file beside `path` and renamed into place, so an
     interrupted save never leaves a half-written checkpoint and never destroys the file
@@ -82,17 +54,23 @@ def save(path: str | os.PathLike, model: LSTMActorCritic | MLPActorCritic) -> No
     **Arguments:**
 
     - `path`: where to write.
-    - `model`: an [`eqx_lstm_ac.LSTMActorCritic`][] (or the feed-forward
-      [`eqx_lstm_ac.MLPActorCritic`][]).
+    - `model`: an [`eqx_lstm_ac.AbstractActorCritic`][]: an
+      [`eqx_lstm_ac.LSTMActorCritic`][], an [`eqx_lstm_ac.MLPActorCritic`][], or any
+      model in [`eqx_lstm_ac.MODELS`][].
 
     **Raises:**
 
-    `TypeError` if `model` is neither.
+    `TypeError` if `model` is not an actor-critic of [`eqx_lstm_ac.MODELS`][].
     """
-    if not isinstance(model, (LSTMActorCritic, MLPActorCritic)):
+    if not isinstance(model, AbstractActorCritic):
+        names = ", ".join(sorted(cls.__name__ for cls in MODELS.values()))
         raise TypeError(
-            f"save expects an LSTMActorCritic or MLPActorCritic; got {type(model).__name__}."
+            f"save expects an actor-critic model ({names}); got {type(model).__name__}."
         )
+    try:
+        model_class(type(model).__name__)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
     path = Path(path)
     weights = io.BytesIO()
     eqx.tree_serialise_leaves(weights, eqx.nn.delete_init_state(model))
@@ -136,12 +114,18 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     `FileNotFoundError` if there is no such file.
     """
     path = Path(path)
-    with open(path, "rb") as f:
+    with _open(path) as f:
         header, _ = _read_header(f, path)
     return header
 
 
-def _read_header(f: io.BufferedIOBase, path: Path) -> tuple[dict[str, Any], int]:
+def _open(path: Path) -> BinaryIO:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint file.")
+    return open(path, "rb")
+
+
+def _read_header(f: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
         raise ValueError(f"{path}: not an eqx_lstm_ac checkpoint (bad magic bytes).")
@@ -156,8 +140,8 @@ def _read_header(f: io.BufferedIOBase, path: Path) -> tuple[dict[str, Any], int]
         raise ValueError(f"{path}: truncated checkpoint (header cut short).")
     try:
         header = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt checkpoint header ({e}).") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: corrupt checkpoint header ({type(e).__name__}).") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: corrupt checkpoint header (not a JSON object).")
     version = header.get("format_version")
@@ -169,140 +153,132 @@ def _read_header(f: io.BufferedIOBase, path: Path) -> tuple[dict[str, Any], int]
     for key in ("metadata", "weights_nbytes", "weights_sha256"):
         if key not in header:
             raise ValueError(f"{path}: corrupt checkpoint header (no {key!r}).")
+    nbytes = header["weights_nbytes"]
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        raise ValueError(f"{path}: corrupt checkpoint header: bad weights_nbytes {nbytes!r}.")
+    if not isinstance(header["weights_sha256"], str):
+        raise ValueError(f"{path}: corrupt checkpoint header: bad weights_sha256.")
     return header, len(MAGIC) + _LEN.size + n
 
 
-_INT_KEYS = {
-    "LSTMActorCritic": (
-        "observation_space_size",
-        "action_space_size",
-        "hidden_features",
-        "lstm_features",
-    ),
-    "MLPActorCritic": (
-        "observation_space_size",
-        "action_space_size",
-        "hidden_features",
-        "features",
-    ),
-}
-_BOOL_KEYS = {
-    "LSTMActorCritic": ("actor_sigma_head", "discrete", "remat"),
-    "MLPActorCritic": ("actor_sigma_head", "discrete"),
-}
-
-
-def _model_class(header: dict[str, Any], path: Path) -> str:
+def _abstract_model(
+    header: dict[str, Any], path: Path, action_space: distrax.Bijector | None
+) -> AbstractActorCritic:
+    """The model the header describes, as shapes and dtypes only: nothing the size of
+    the model is allocated or computed."""
     name = header.get("model", "LSTMActorCritic")
-    if name not in _MODELS:
-        raise ValueError(
-            f"{path}: unknown model class {name!r} in checkpoint; expected one of "
-            f"{sorted(_MODELS)}."
+    try:
+        cls = model_class(name if isinstance(name, str) else repr(name))
+        return eqx.filter_eval_shape(
+            cls.from_metadata,
+            header["metadata"],
+            action_space=action_space,
+            key=jax.random.key(0),
         )
-    return name
+    except (ValueError, TypeError, RecursionError, OverflowError) as e:
+        msg = str(e)
+        raise ValueError(
+            f"{path}: the header describes no valid model: {msg[:1].lower()}{msg[1:]}"
+        ) from None
 
 
-def _model_kwargs(meta: Any, path: Path, model: str = "LSTMActorCritic") -> dict[str, Any]:
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: corrupt checkpoint header (metadata is not an object).")
-    kwargs: dict[str, Any] = {}
-    for key in _INT_KEYS[model]:
-        value = meta.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{path}: corrupt checkpoint header: bad {key} {value!r}.")
-        kwargs[key] = value
-    for key in _BOOL_KEYS[model]:
-        value = meta.get(key, False)
-        if not isinstance(value, bool):
-            raise ValueError(f"{path}: corrupt checkpoint header: bad {key} {value!r}.")
-        kwargs[key] = value
-    activation = meta.get("activation")
-    if activation not in ACTIVATIONS:
+def _read_npy(f: io.BytesIO, like: jax.ShapeDtypeStruct, path: Path) -> np.ndarray:
+    """One `.npy` record of exactly the shape and dtype of `like`, its header checked
+    before its data is read; never unpickles."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+                f, max_header_size=_MAX_NPY_HEADER
+            )
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
+                f, max_header_size=_MAX_NPY_HEADER
+            )
+    except Exception as e:
+        raise ValueError(f"{path}: corrupt checkpoint weights ({e}).") from None
+    want_shape, want_dtype = tuple(like.shape), np.dtype(like.dtype)
+    if tuple(shape) != want_shape or dtype != want_dtype or dtype.hasobject:
         raise ValueError(
-            f"{path}: unknown activation {activation!r} in checkpoint; expected one of "
-            f"{sorted(ACTIVATIONS)}."
+            f"{path}: checkpoint weights disagree with its header: expected an array of "
+            f"shape {want_shape} and dtype {want_dtype}, found shape {tuple(shape)} and "
+            f"dtype {dtype}."
         )
-    kwargs["activation"] = activation
-    return kwargs
+    count = math.prod(want_shape)
+    data = f.read(count * want_dtype.itemsize)
+    if len(data) != count * want_dtype.itemsize:
+        raise ValueError(f"{path}: truncated checkpoint weights.")
+    order = "F" if fortran else "C"
+    return np.frombuffer(data, dtype=want_dtype).reshape(want_shape, order=order)
 
 
 def load(
     path: str | os.PathLike, *, action_space: distrax.Bijector | None = None
-) -> LSTMActorCritic | MLPActorCritic:
+) -> AbstractActorCritic:
     """Load a model saved with [`eqx_lstm_ac.save`][].
 
-    The model is rebuilt from the header's metadata and its arrays are read back with
-    `allow_pickle=False`; no code from the file runs. Make a state for it with
-    `model.init_state(carry_shape)` (or `eqx.nn.make_with_state` on the same
-    configuration) for any number of environments.
+    The model is rebuilt from the header's class name (looked up in
+    [`eqx_lstm_ac.MODELS`][]) and metadata, and its arrays are read back without
+    unpickling; no code from the file runs. Sizes are checked before anything is
+    allocated: the header's model must account for exactly the bytes the file holds,
+    so a file cannot make the loader allocate more than it honestly contains. Make a
+    state for the model with `model.init_state(carry_shape)` for any number of
+    environments.
 
     **Arguments:**
 
     - `path`: the checkpoint file.
     - `action_space`: only for a model saved with a user-defined bijector, which the
-      file cannot name: pass the same bijector again.
+      file cannot name: pass the same bijector again (its class must be the one saved).
 
     **Returns:**
 
-    The [`eqx_lstm_ac.LSTMActorCritic`][] (or [`eqx_lstm_ac.MLPActorCritic`][], if
-    that is what was saved).
+    The model: an [`eqx_lstm_ac.LSTMActorCritic`][], an
+    [`eqx_lstm_ac.MLPActorCritic`][], or whichever model of [`eqx_lstm_ac.MODELS`][]
+    was saved.
 
     **Raises:**
 
-    `ValueError` naming the problem and the path for a file that is not a checkpoint,
-    is truncated or corrupt, has an unknown format version, or holds arrays whose shapes
-    disagree with its header; `FileNotFoundError` if there is no such file.
+    `ValueError` naming the problem and the path for a path that is a directory or a
+    file that is not a checkpoint, is truncated or corrupt, has an unknown format
+    version, holds arrays whose shapes disagree with its header, or was saved with
+    another action space than `action_space`; `FileNotFoundError` if there is no such
+    file.
     """
     path = Path(path)
-    data = path.read_bytes()
-    header, offset = _read_header(io.BytesIO(data), path)
-    meta = header["metadata"]
-    model_class = _model_class(header, path)
-    kwargs = _model_kwargs(meta, path, model_class)
-    kwargs["action_space"] = _space_from_header(meta.get("action_space"), path, action_space)
-    blob = data[offset:]
-    if len(blob) != header["weights_nbytes"]:
-        raise ValueError(
-            f"{path}: truncated or padded checkpoint: expected {header['weights_nbytes']} "
-            f"bytes of weights, found {len(blob)}."
-        )
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        header, offset = _read_header(f, path)
+        nbytes = header["weights_nbytes"]
+        if size - offset != nbytes:
+            raise ValueError(
+                f"{path}: truncated or padded checkpoint: expected {nbytes} bytes of "
+                f"weights, found {size - offset}."
+            )
+        abstract = _abstract_model(header, path, action_space)
+        leaves, treedef = jtu.tree_flatten(eqx.nn.delete_init_state(abstract))
+        arrays = [leaf for leaf in leaves if isinstance(leaf, jax.ShapeDtypeStruct)]
+        need = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in arrays)
+        if not need <= nbytes <= need + len(arrays) * _MAX_NPY_HEADER:
+            raise ValueError(
+                f"{path}: checkpoint weights disagree with its header: the model it "
+                f"describes holds {need} bytes of arrays, the file {nbytes}."
+            )
+        blob = f.read(nbytes)
+    if len(blob) != nbytes:
+        raise ValueError(f"{path}: truncated checkpoint weights.")
     if hashlib.sha256(blob).hexdigest() != header["weights_sha256"]:
         raise ValueError(f"{path}: corrupt checkpoint: the weights fail their checksum.")
-    try:
-        cls: Any = _MODELS[model_class]
-        like, _ = eqx.nn.make_with_state(cls)(**kwargs, key=jax.random.key(0))
-    except ValueError as e:
-        raise ValueError(f"{path}: the header describes no valid model: {e}") from None
     stream = io.BytesIO(blob)
-
-    def read_leaf(f: io.BufferedIOBase, leaf: Any) -> Any:
-        if not eqx.is_array(leaf):
-            return leaf
-        try:
-            arr = np.load(f, allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"{path}: corrupt checkpoint weights ({e}).") from None
-        if arr.shape != leaf.shape or arr.dtype != leaf.dtype:
-            raise ValueError(
-                f"{path}: checkpoint weights disagree with its header: expected an array "
-                f"of shape {tuple(leaf.shape)} and dtype {leaf.dtype}, found shape "
-                f"{arr.shape} and dtype {arr.dtype}."
-            )
-        return jax.numpy.asarray(arr)
-
-    try:
-        model = eqx.tree_deserialise_leaves(stream, like, filter_spec=read_leaf)
-    except Exception as e:
-        # Equinox wraps the error of a leaf with the leaf's path: report both, plainly.
-        cause: BaseException | None = e
-        while cause is not None and not str(cause).startswith(str(path)):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        raise ValueError(f"{cause} ({e})") from None
+    out = [
+        jax.numpy.asarray(_read_npy(stream, leaf, path))
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+        else leaf
+        for leaf in leaves
+    ]
     if stream.tell() != len(blob):
         raise ValueError(
             f"{path}: checkpoint weights disagree with its header: "
             f"{len(blob) - stream.tell()} bytes left over after the last array."
         )
-    return model
+    return jtu.tree_unflatten(treedef, out)

@@ -29,65 +29,18 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
-from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ._baseline import MLPActorCritic
+from ._actor_critic import AbstractActorCritic
 from ._envs import Environment
-from ._model import LSTMActorCritic
 from ._parallel import check_num_envs, data_mesh, replicate, shard_batch
+from ._registry import make_model
+from ._rollout import rollout, RolloutState, split_keys, start_rollout, Trajectory
 
 
-ActorCritic = LSTMActorCritic | MLPActorCritic
-"""Either model: both have the calling interface the trainer uses."""
-
-MODELS = ("lstm", "mlp")
-
-
-def make_model(
-    env: Environment,
-    model: Literal["lstm", "mlp"] = "lstm",
-    hidden_features: int = 64,
-    features: int = 64,
-    activation: str = "gelu",
-    *,
-    key: PRNGKeyArray,
-) -> ActorCritic:
-    """A model with the sizes and action space of `env`.
-
-    **Arguments:**
-
-    - `env`: the [`eqx_lstm_ac.Environment`][] to act in.
-    - `model`: `"lstm"` for [`eqx_lstm_ac.LSTMActorCritic`][], `"mlp"` for the
-      feed-forward baseline [`eqx_lstm_ac.MLPActorCritic`][].
-    - `hidden_features`: the encoder's width.
-    - `features`: `lstm_features` of the LSTM, or the second layer's width of the MLP.
-    - `activation`: the encoder's activation, by name.
-    - `key`: a `jax.random.key`. (Keyword only.)
-
-    **Returns:**
-
-    The model (without its initial state: make one with `model.init_state(...)`).
-
-    **Raises:**
-
-    `ValueError` for an unknown `model`.
-    """
-    common: dict[str, Any] = dict(
-        observation_space_size=env.observation_size,
-        action_space_size=env.action_size,
-        hidden_features=hidden_features,
-        activation=activation,
-        action_space=env.action_space,
-        discrete=env.discrete,
-        key=key,
-    )
-    if model == "lstm":
-        out, _ = eqx.nn.make_with_state(LSTMActorCritic)(lstm_features=features, **common)
-    elif model == "mlp":
-        out, _ = eqx.nn.make_with_state(MLPActorCritic)(features=features, **common)
-    else:
-        raise ValueError(f"Unknown model {model!r}; expected one of {MODELS}.")
-    return out
+ActorCritic = AbstractActorCritic
+"""Any actor-critic: the trainer uses only the interface of
+[`eqx_lstm_ac.AbstractActorCritic`][]."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,28 +170,6 @@ class PPOConfig:
         return cls(**data)
 
 
-class Trajectory(NamedTuple):
-    """What a rollout stores, time-major `(T, B, ...)`.
-
-    `episode_start[t, b]` is the flag of the observation the action of step `t` was taken
-    on; `carry[t]` is the carry held *before* step `t`'s reset (so
-    `model.sequence(obs[t:], carry=carry[t], episode_start=episode_start[t:])`
-    recomputes the rollout from step `t` on). `final_value[t, b]` is the value of the
-    final observation of an episode truncated at step `t` (zero elsewhere).
-    """
-
-    obs: Float[Array, "T B obs"]
-    action: Float[Array, "T B action"] | Int[Array, "T B"]
-    log_prob: Float[Array, "T B"]
-    value: Float[Array, "T B"]
-    reward: Float[Array, "T B"]
-    terminated: Bool[Array, "T B"]
-    truncated: Bool[Array, "T B"]
-    episode_start: Bool[Array, "T B"]
-    carry: PyTree
-    final_value: Float[Array, "T B"]
-
-
 class TrainState(eqx.Module):
     """Everything an update changes: the model, the optimiser's state, the environments
     and the carry, the random key and the update counter. A pytree of arrays (and the
@@ -358,23 +289,6 @@ def ppo_loss(
     return loss, aux
 
 
-def _split_keys(key: PRNGKeyArray, n: int) -> Key[Array, " n"]:
-    return jax.random.split(key, n)
-
-
-def _strong(tree: PyTree) -> PyTree:
-    """Drop weak types (a reset's `0` and a step's `int32` must give one scan carry)."""
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
-
-
-def _where_tree(mask: Bool[Array, " B"], a: PyTree, b: PyTree) -> PyTree:
-    def pick(x, y):
-        m = mask.reshape(mask.shape + (1,) * (jnp.ndim(x) - 1))
-        return jnp.where(m, x, y)
-
-    return jax.tree.map(pick, a, b)
-
-
 class PPO(eqx.Module):
     """Recurrent PPO for a batch of environments; works with
     [`eqx_lstm_ac.LSTMActorCritic`][] and [`eqx_lstm_ac.MLPActorCritic`][].
@@ -474,18 +388,16 @@ class PPO(eqx.Module):
             raise ValueError(f"{env.name} has {kind} actions; the model does not.")
         model = eqx.nn.delete_init_state(model)
         k_env, k_next = jax.random.split(key)
-        obs, env_state = _strong(
-            jax.vmap(env.reset, in_axes=(0, None))(_split_keys(k_env, c.num_envs), self.env_params)
-        )
+        rs = start_rollout(model, env, c.num_envs, key=k_env, env_params=self.env_params)
         opt_state = self.optimizer().init(eqx.filter(model, eqx.is_array))
         return TrainState(
             model=model,
             opt_state=opt_state,
-            model_state=model.init_state((c.num_envs,)),
-            env_state=env_state,
-            obs=jnp.asarray(obs, jnp.float32),
-            episode_start=jnp.ones((c.num_envs,), bool),
-            episode_return=jnp.zeros((c.num_envs,), jnp.float32),
+            model_state=rs.model_state,
+            env_state=rs.env_state,
+            obs=rs.obs,
+            episode_start=rs.episode_start,
+            episode_return=rs.episode_return,
             key=k_next,
             update=jnp.zeros((), jnp.int32),
         )
@@ -504,70 +416,24 @@ class PPO(eqx.Module):
         (with its carry reset if it starts an episode), and `episodes`, a dict with the
         number of episodes finished (`"count"`) and the sum of their returns (`"sum"`).
         """
-        env, params, model = self.env, self.env_params, ts.model
-        num_envs = self.config.num_envs
-        vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
-        vreset = jax.vmap(env.reset, in_axes=(0, None))
-
-        def value_of(obs: Array, state: eqx.nn.State) -> Array:
-            # A value without advancing `state` (a clone: `State` refuses reuse after set).
-            leaves, treedef = jax.tree_util.tree_flatten(state)
-            (_, value), _ = model(obs, jax.tree_util.tree_unflatten(treedef, leaves))
-            return value[..., 0]
-
-        def step(carry, key):
-            model_state, env_state, obs, start, ep_ret = carry
-            stored = model.carry(model_state)
-            model_state = model.reset(model_state, obs.shape, mask=start)
-            k_act, k_step, k_reset = jax.random.split(key, 3)
-            (action, log_prob, value), model_state = model.act(obs, model_state, key=k_act)
-            final_obs, env_state2, reward, terminated, truncated, _ = vstep(
-                _split_keys(k_step, num_envs), env_state, action, params
-            )
-            final_obs = jnp.asarray(final_obs, jnp.float32)
-            done = terminated | truncated
-            # The value of the final observation, only needed (and only computed) when
-            # some episode was cut short by truncation.
-            final_value = jax.lax.cond(
-                jnp.any(truncated),
-                lambda: jnp.where(truncated, value_of(final_obs, model_state), 0.0),
-                lambda: jnp.zeros((num_envs,), jnp.float32),
-            )
-            reset_obs, reset_state = vreset(_split_keys(k_reset, num_envs), params)
-            env_state = _strong(_where_tree(done, reset_state, env_state2))
-            next_obs = _where_tree(done, jnp.asarray(reset_obs, jnp.float32), final_obs)
-            ep_ret = ep_ret + reward
-            finished = jnp.where(done, ep_ret, 0.0)
-            ep_ret = jnp.where(done, 0.0, ep_ret)
-            record = Trajectory(
-                obs=obs,
-                action=action,
-                log_prob=log_prob,
-                value=value,
-                reward=jnp.asarray(reward, jnp.float32),
-                terminated=terminated,
-                truncated=truncated,
-                episode_start=start,
-                carry=stored,
-                final_value=final_value,
-            )
-            return (model_state, env_state, next_obs, done, ep_ret), (record, finished)
-
+        model = ts.model
         key, k_roll = jax.random.split(ts.key)
-        init = (ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
-        (model_state, env_state, obs, start, ep_ret), (traj, finished) = jax.lax.scan(
-            step, init, _split_keys(k_roll, self.config.num_steps)
+        rs = RolloutState(ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
+        rs, traj = rollout(
+            model, self.env, rs, self.config.num_steps, key=k_roll, env_params=self.env_params
         )
-        last_value = value_of(obs, model.reset(model_state, obs.shape, mask=start))
-        done = traj.terminated | traj.truncated
+        last_value = model.value(
+            rs.obs, model.reset(rs.model_state, rs.obs.shape, mask=rs.episode_start)
+        )
+        done = traj.done
         episodes = {
             "count": jnp.sum(jnp.where(done, 1.0, 0.0)),
-            "sum": jnp.sum(finished),
+            "sum": jnp.sum(jnp.where(done, traj.episode_return, 0.0)),
         }
         ts = eqx.tree_at(
             lambda s: (s.model_state, s.env_state, s.obs, s.episode_start, s.episode_return, s.key),
             ts,
-            (model_state, env_state, obs, start, ep_ret, key),
+            (*rs, key),
         )
         return ts, traj, last_value, episodes
 
@@ -682,7 +548,7 @@ class PPO(eqx.Module):
 
         key, k_epochs = jax.random.split(ts.key)
         (params, opt_state), aux = jax.lax.scan(
-            epoch, (params, ts.opt_state), _split_keys(k_epochs, c.num_epochs)
+            epoch, (params, ts.opt_state), split_keys(k_epochs, c.num_epochs)
         )
         metrics = {name: jnp.mean(value) for name, value in aux.items()}
         metrics["first_ratio"] = aux["ratio"][0, 0]
@@ -718,6 +584,11 @@ class PPO(eqx.Module):
         return ts, metrics
 
 
+EVAL_CHUNK = 32
+"""Steps per compiled rollout in `evaluate_policy`, between checks of whether every
+episode has ended."""
+
+
 @eqx.filter_jit
 def evaluate_policy(
     model: ActorCritic,
@@ -747,33 +618,39 @@ def evaluate_policy(
 
     The returns, shape `(num_episodes,)`.
     """
-    params = env.default_params if env_params is None else env_params
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
     k_reset, k_loop = jax.random.split(key)
-    obs, env_state = _strong(
-        jax.vmap(env.reset, in_axes=(0, None))(_split_keys(k_reset, num_episodes), params)
-    )
-    state = model.init_state((num_episodes,))
+    rs = start_rollout(model, env, num_episodes, key=k_reset, env_params=env_params)
+    chunk = min(max_steps, EVAL_CHUNK)
 
     def cond(carry):
-        t, *_, done, _ = carry
+        t, _, done, _ = carry
         return (t < max_steps) & ~jnp.all(done)
 
     def body(carry):
-        t, state, env_state, obs, done, ret = carry
-        k_act, k_step = jax.random.split(jax.random.fold_in(k_loop, t))
-        (action, _, _), state = model.act(obs, state, key=k_act, deterministic=deterministic)
-        obs, env_state, reward, terminated, truncated, _ = jax.vmap(
-            env.step, in_axes=(0, 0, 0, None)
-        )(_split_keys(k_step, num_episodes), env_state, action, params)
-        ret = ret + jnp.where(done, 0.0, jnp.asarray(reward, jnp.float32))
-        done = done | terminated | truncated
-        return t + 1, state, _strong(env_state), jnp.asarray(obs, jnp.float32), done, ret
+        t, rs, done, ret = carry
+        rs, traj = rollout(
+            model,
+            env,
+            rs,
+            chunk,
+            key=jax.random.fold_in(k_loop, t),
+            env_params=env_params,
+            deterministic=deterministic,
+        )
+        ended = traj.done
+        # steps of each environment's first episode, within the step cap
+        before = jnp.cumsum(ended.astype(jnp.int32), axis=0) - ended.astype(jnp.int32)
+        index = t + jnp.arange(chunk, dtype=jnp.int32)[:, None]
+        counted = ~done[None] & (before == 0) & (index < max_steps)
+        ret = ret + jnp.sum(jnp.where(counted, traj.reward, 0.0), axis=0)
+        done = done | jnp.any(ended & counted, axis=0)
+        return t + chunk, rs, done, ret
 
     init = (
         jnp.zeros((), jnp.int32),
-        state,
-        env_state,
-        jnp.asarray(obs, jnp.float32),
+        rs,
         jnp.zeros((num_episodes,), bool),
         jnp.zeros((num_episodes,), jnp.float32),
     )

@@ -1,118 +1,240 @@
-"""`rollout`: many environment steps fused into one compiled `jax.lax.scan`."""
+"""One rollout: policy and environments stepped together in one compiled `jax.lax.scan`,
+used by the trainer, by evaluation and by users; and `Actor`, for environments driven
+from Python one step at a time."""
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree
 
-from ._model import _act, LSTMActorCritic, LSTMCarry
+from ._actor_critic import AbstractActorCritic
+from ._envs import Environment
 
 
-class Rollout(NamedTuple):
-    """What [`eqx_lstm_ac.rollout`][] collected, time-major: `(T, B, ...)`.
+def split_keys(key: PRNGKeyArray, n: int) -> Key[Array, " n"]:
+    """`n` keys from `key`, one per environment or step."""
+    return jax.random.split(key, n)
 
-    - `observations`: `(T, B, obs_dim)`, the observation each action was chosen from.
-    - `episode_start`: `(T, B)` booleans, true where `observations[t, b]` begins an
-      episode (the carry was zeroed before step `t`).
-    - `actions`: `(T, B, action_space_size)` (or `(T, B)` integers when discrete).
-    - `log_probs`, `values`: `(T, B)`.
-    - `aux`: whatever `env_step` returned as its fourth output, stacked over time
-      (rewards, truncation flags, ...).
-    - `carry`: the carry *before* step 0, each `(B, lstm_features)`: pass it with
-      `observations` and `episode_start` to
-      [`eqx_lstm_ac.LSTMActorCritic.sequence`][] to recompute these steps exactly.
+
+def strong(tree: PyTree) -> PyTree:
+    """Drop weak types (a reset's `0` and a step's `int32` must give one scan carry)."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
+def where_tree(mask: Bool[Array, " B"], a: PyTree, b: PyTree) -> PyTree:
+    """`a` where `mask` (over the leading axis of every leaf), else `b`."""
+
+    def pick(x, y):
+        m = mask.reshape(mask.shape + (1,) * (jnp.ndim(x) - 1))
+        return jnp.where(m, x, y)
+
+    return jax.tree.map(pick, a, b)
+
+
+class Trajectory(NamedTuple):
+    """What a [`eqx_lstm_ac.rollout`][] stores, time-major `(T, B, ...)`.
+
+    - `obs`: the observation each action was chosen from, `(T, B, obs_dim)`.
+    - `action`: `(T, B, action_space_size)` (or `(T, B)` integers when discrete).
+    - `log_prob`, `value`: the policy's log-probability of the action and the value.
+    - `reward`, `terminated`, `truncated`: what the environment returned for the step.
+    - `episode_start`: true where `obs[t, b]` begins an episode (the carry was zeroed
+      before step `t`).
+    - `carry`: the carry held *before* step `t`'s reset, `(T, B, ...)` per leaf, so
+      `model.sequence(obs[t:], carry=carry[t], episode_start=episode_start[t:])`
+      recomputes the rollout from step `t` on (see `initial_carry`).
+    - `final_value`: the value of the final observation of an episode truncated at step
+      `t` (zero elsewhere), for bootstrapping.
+    - `episode_return`: the return of the episode so far, step `t`'s reward included;
+      where the episode ended at `t` it is that episode's return.
     """
 
-    observations: Float[Array, "T B obs"]
+    obs: Float[Array, "T B obs"]
+    action: Float[Array, "T B action"] | Int[Array, "T B"]
+    log_prob: Float[Array, "T B"]
+    value: Float[Array, "T B"]
+    reward: Float[Array, "T B"]
+    terminated: Bool[Array, "T B"]
+    truncated: Bool[Array, "T B"]
     episode_start: Bool[Array, "T B"]
-    actions: Float[Array, "T B action"] | Int[Array, "T B"]
-    log_probs: Float[Array, "T B"]
-    values: Float[Array, "T B"]
-    aux: PyTree
-    carry: LSTMCarry
+    carry: PyTree
+    final_value: Float[Array, "T B"]
+    episode_return: Float[Array, "T B"]
+
+    @property
+    def initial_carry(self) -> PyTree:
+        """The carry before step 0: with `obs` and `episode_start`,
+        `model.sequence(traj.obs, traj.initial_carry, traj.episode_start)` recomputes
+        the whole rollout."""
+        return jax.tree.map(lambda c: c[0], self.carry)
+
+    @property
+    def done(self) -> Bool[Array, "T B"]:
+        """Where an episode ended (terminated or truncated)."""
+        return self.terminated | self.truncated
+
+
+class RolloutState(NamedTuple):
+    """Everything a rollout continues from: the carry in `model_state`, the
+    environments' states, the current observations `(B, obs_dim)`, whether each begins
+    an episode `(B,)`, and the return of each running episode so far `(B,)`."""
+
+    model_state: eqx.nn.State
+    env_state: PyTree
+    obs: Float[Array, "B obs"]
+    episode_start: Bool[Array, " B"]
+    episode_return: Float[Array, " B"]
+
+
+def start_rollout(
+    model: AbstractActorCritic,
+    env: Environment,
+    num_envs: int,
+    *,
+    key: PRNGKeyArray,
+    env_params: PyTree = None,
+) -> RolloutState:
+    """Fresh environments and a zero carry for `num_envs` parallel episodes.
+
+    **Arguments:**
+
+    - `model`: the actor-critic (for its carry).
+    - `env`: the [`eqx_lstm_ac.Environment`][].
+    - `num_envs`: the batch size `B`.
+    - `key`: a `jax.random.key` for the environments' resets. (Keyword only.)
+    - `env_params`: the environment's parameters; `env.default_params` if `None`.
+
+    **Returns:**
+
+    The [`eqx_lstm_ac.RolloutState`][] to pass to [`eqx_lstm_ac.rollout`][].
+    """
+    params = env.default_params if env_params is None else env_params
+    obs, env_state = strong(
+        jax.vmap(env.reset, in_axes=(0, None))(split_keys(key, num_envs), params)
+    )
+    return RolloutState(
+        model_state=model.init_state((num_envs,)),
+        env_state=env_state,
+        obs=jnp.asarray(obs, jnp.float32),
+        episode_start=jnp.ones((num_envs,), bool),
+        episode_return=jnp.zeros((num_envs,), jnp.float32),
+    )
 
 
 @eqx.filter_jit
 def rollout(
-    model: LSTMActorCritic,
-    state: eqx.nn.State,
-    env_step: Callable[[Any, Array, PRNGKeyArray], tuple[Any, Array, Array, PyTree]],
-    env_state: PyTree,
-    obs: Float[Array, "B obs"],
-    episode_start: Bool[Array, " B"],
+    model: AbstractActorCritic,
+    env: Environment,
+    state: RolloutState,
     num_steps: int,
     *,
     key: PRNGKeyArray,
+    env_params: PyTree = None,
     deterministic: bool = False,
-) -> tuple[Rollout, tuple[eqx.nn.State, PyTree, Float[Array, "B obs"], Bool[Array, " B"]]]:
-    """Run `num_steps` steps of policy and environment in one compiled `jax.lax.scan`.
+) -> tuple[RolloutState, Trajectory]:
+    """Run `num_steps` steps of policy and environments in one compiled `jax.lax.scan`.
 
-    A Python loop of jitted single steps pays the dispatch of each call (tens to
-    hundreds of microseconds on a CPU); fusing the loop pays it once. Each step does
-    exactly what the single-step API does:
-    `state = model.reset(state, obs.shape, mask=episode_start)`, then
-    `model.act(obs, state, key=...)`, then `env_step`.
+    Each step does what the single-step API does: reset the carry of the environments
+    whose observation begins an episode (`model.reset(state, obs.shape, mask=...)`),
+    [`eqx_lstm_ac.AbstractActorCritic.act`][], then step every environment
+    (`jax.vmap` of `env.step`) and reset those whose episode ended. A Python loop of
+    jitted single steps pays a dispatch per step (tens to hundreds of microseconds on a
+    CPU); this pays it once.
 
     **Arguments:**
 
     - `model`: the actor-critic.
-    - `state`: the `eqx.nn.State` holding the carry, batch shape `(B,)`.
-    - `env_step`: a JAX-traceable function
-      `env_step(env_state, action, key) -> (env_state, obs, episode_start, aux)`:
-      the next observation `(B, obs_dim)`, whether it begins a new episode `(B,)`
-      (the environment resets itself), and any pytree `aux` to record (e.g. rewards).
-    - `env_state`: the environment's state (any pytree).
-    - `obs`: the current observations, `(B, obs_dim)`.
-    - `episode_start`: booleans `(B,)`, true where `obs` begins an episode.
+    - `env`: the [`eqx_lstm_ac.Environment`][].
+    - `state`: where to continue from, e.g. [`eqx_lstm_ac.start_rollout`][] or the
+      state a previous rollout returned.
     - `num_steps`: the number of steps `T` (static).
     - `key`: a `jax.random.key`. (Keyword only.)
+    - `env_params`: the environment's parameters; `env.default_params` if `None`.
     - `deterministic`: take deterministic actions instead of sampling.
 
     **Returns:**
 
-    `(trajectory, (state, env_state, obs, episode_start))`: the
-    [`eqx_lstm_ac.Rollout`][] of the `T` steps, and everything needed to continue
-    with the next rollout.
+    `(state, trajectory)`: the state to continue from, and the
+    [`eqx_lstm_ac.Trajectory`][] of the `T` steps.
 
     **Raises:**
 
-    `ValueError` if `obs` is not `(B, obs_dim)` or `episode_start` is not `(B,)`.
+    `ValueError` if the observations are not `(B, obs_dim)` or the flags not `(B,)`.
+
+    !!! example
+        ```python
+        import jax, eqx_lstm_ac as lac
+
+        env = lac.MemoryTask(delay=4)
+        model = lac.make_model(env, "lstm", key=jax.random.key(0))
+        state = lac.start_rollout(model, env, num_envs=8, key=jax.random.key(1))
+        state, traj = lac.rollout(model, env, state, 16, key=jax.random.key(2))
+        # the training pass recomputes exactly these steps
+        log_prob, entropy, value = model.evaluate(
+            traj.obs, traj.action, traj.initial_carry, traj.episode_start)
+        ```
     """
+    obs = state.obs
     if obs.ndim != 2 or obs.shape[-1] != model.obs_dim:
         raise ValueError(
             f"rollout expects observations of shape (B, {model.obs_dim}); got {tuple(obs.shape)}."
         )
-    batch = obs.shape[0]
-    if tuple(episode_start.shape) != (batch,) or episode_start.dtype != jnp.bool_:
+    num_envs = obs.shape[0]
+    start = state.episode_start
+    if tuple(start.shape) != (num_envs,) or start.dtype != jnp.bool_:
         raise ValueError(
-            f"episode_start must be a boolean array of shape ({batch},); got "
-            f"{episode_start.dtype} of shape {tuple(episode_start.shape)}."
+            f"episode_start must be a boolean array of shape ({num_envs},); got "
+            f"{start.dtype} of shape {tuple(start.shape)}."
         )
-    carry0 = model.carry(state)
-    if tuple(carry0.h.shape[:-1]) != (batch,):
-        carry0 = model.zero_carry((batch,))
+    params = env.default_params if env_params is None else env_params
+    vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    vreset = jax.vmap(env.reset, in_axes=(0, None))
 
-    def body(loop, step_key):
-        (h, c), env_state, obs, start = loop
-        k_act, k_env = jax.random.split(step_key)
-        keep = ~start[:, None]
-        h, c = model._step(obs, (jnp.where(keep, h, 0.0), jnp.where(keep, c, 0.0)))
-        pi, value = model._heads(h)
-        action, log_prob, value = _act(pi, value, k_act, deterministic)
-        env_state, next_obs, next_start, aux = env_step(env_state, action, k_env)
-        out = (obs, start, action, log_prob, value, aux)
-        return ((h, c), env_state, next_obs, next_start), out
+    def step(rs: RolloutState, key: PRNGKeyArray) -> tuple[RolloutState, Trajectory]:
+        stored = model.carry(rs.model_state)
+        model_state = model.reset(rs.model_state, rs.obs.shape, mask=rs.episode_start)
+        k_act, k_step, k_reset = jax.random.split(key, 3)
+        (action, log_prob, value), model_state = model.act(
+            rs.obs, model_state, key=k_act, deterministic=deterministic
+        )
+        final_obs, env_state, reward, terminated, truncated, _ = vstep(
+            split_keys(k_step, num_envs), rs.env_state, action, params
+        )
+        final_obs = jnp.asarray(final_obs, jnp.float32)
+        reward = jnp.asarray(reward, jnp.float32)
+        done = terminated | truncated
+        # The value of the final observation, only needed (and only computed) when
+        # some episode was cut short by truncation.
+        final_value = jax.lax.cond(
+            jnp.any(truncated),
+            lambda: jnp.where(truncated, model.value(final_obs, model_state), 0.0),
+            lambda: jnp.zeros((num_envs,), jnp.float32),
+        )
+        reset_obs, reset_state = vreset(split_keys(k_reset, num_envs), params)
+        env_state = strong(where_tree(done, reset_state, env_state))
+        next_obs = where_tree(done, jnp.asarray(reset_obs, jnp.float32), final_obs)
+        episode_return = rs.episode_return + reward
+        record = Trajectory(
+            obs=rs.obs,
+            action=action,
+            log_prob=log_prob,
+            value=value,
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            episode_start=rs.episode_start,
+            carry=stored,
+            final_value=final_value,
+            episode_return=episode_return,
+        )
+        next_state = RolloutState(
+            model_state, env_state, next_obs, done, jnp.where(done, 0.0, episode_return)
+        )
+        return next_state, record
 
-    loop0 = ((carry0.h, carry0.c), env_state, obs, episode_start)
-    ((h, c), env_state, obs, episode_start), outs = jax.lax.scan(
-        body, loop0, jax.random.split(key, num_steps)
-    )
-    trajectory = Rollout(*outs, carry=carry0)
-    state = model._store(state, LSTMCarry(h, c))
-    return trajectory, (state, env_state, obs, episode_start)
+    return jax.lax.scan(step, state, split_keys(key, num_steps))
 
 
 class Actor:

@@ -218,5 +218,104 @@ def test_missing_file(tmp_path):
 
 
 def test_save_refuses_other_objects(tmp_path):
-    with pytest.raises(TypeError, match="LSTMActorCritic"):
+    with pytest.raises(TypeError, match="AbstractActorCritic"):
         lac.save(tmp_path / "m.eqx", eqx.nn.Linear(2, 2, key=jax.random.key(0)))
+
+
+@pytest.mark.parametrize("width", [6000, 1_000_000, 10**15])
+def test_header_sizes_are_checked_before_anything_is_built(tmp_path, width):
+    """A header that claims a model far bigger than the file is refused from the header
+    alone: nothing of the claimed size is allocated (10**15 floats would not fit)."""
+    path, data = _saved(tmp_path)
+    header, blob = _split(data)
+    header["metadata"]["hidden_features"] = width  # the weights' checksum stays valid
+    path.write_bytes(_join(header, blob))
+    with pytest.raises(ValueError, match=r"describes holds \d+ bytes of arrays, the file"):
+        lac.load(path)
+
+
+def test_a_large_file_is_not_read_whole(tmp_path):
+    """The magic bytes and the header's byte count are checked before the weights are
+    read: a 1 GiB file (sparse here) costs a few bytes of reading, not 1 GiB."""
+    import tracemalloc
+
+    path, data = _saved(tmp_path)
+    with open(path, "r+b") as f:
+        f.truncate(1 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="padded"):
+            lac.load(path)
+        (tmp_path / "junk.eqx").write_bytes(b"")
+        with open(tmp_path / "junk.eqx", "r+b") as f:
+            f.truncate(1 << 30)
+        with pytest.raises(ValueError, match="bad magic"):
+            lac.load(tmp_path / "junk.eqx")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("hidden_features", "64"),
+        ("hidden_features", True),
+        ("hidden_features", [64]),
+        ("discrete", "yes"),
+        ("activation", {"name": "gelu"}),
+        ("action_space", {"type": "BoxSpace", "args": {"x_min": 1.0}}),
+        ("action_space", {"type": "BoxSpace", "args": {"x_min": 1.0, "x_max": 0.0}}),
+        ("action_space", [1, 2]),
+        ("surprise", 1),
+    ],
+)
+def test_bad_header_fields_give_the_documented_error(tmp_path, field, value):
+    path, data = _saved(tmp_path)
+    header, blob = _split(data)
+    header["metadata"][field] = value
+    path.write_bytes(_join(header, blob))
+    with pytest.raises(ValueError, match="describes no valid model") as err:
+        lac.load(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("model", [["LSTMActorCritic"], "os.system", None])
+def test_bad_model_names_give_the_documented_error(tmp_path, model):
+    path, data = _saved(tmp_path)
+    header, blob = _split(data)
+    header["model"] = model
+    path.write_bytes(_join(header, blob))
+    with pytest.raises(ValueError, match="Unknown model|unknown model"):
+        lac.load(path)
+
+
+def test_deeply_nested_header_is_a_value_error(tmp_path):
+    path, data = _saved(tmp_path)
+    _, blob = _split(data)
+    head = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(_checkpoint.MAGIC + struct.pack("<Q", len(head)) + head + blob)
+    with pytest.raises(ValueError, match="corrupt checkpoint header"):
+        lac.load(path)
+
+
+def test_load_of_a_directory_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="is a directory"):
+        lac.load(tmp_path)
+
+
+def test_custom_action_space_must_be_the_one_saved(tmp_path):
+    import distrax
+
+    model, _ = make_model(action_space=distrax.Tanh())
+    lac.save(tmp_path / "m.eqx", model)
+    with pytest.raises(ValueError, match="'Tanh'.*got 'Sigmoid'"):
+        lac.load(tmp_path / "m.eqx", action_space=distrax.Sigmoid())
+    boxed, _ = make_model(action_space=lac.BoxSpace(-1.0, 1.0))
+    lac.save(tmp_path / "b.eqx", boxed)
+    with pytest.raises(ValueError, match="saved with the action space BoxSpace"):
+        lac.load(tmp_path / "b.eqx", action_space=lac.BoxSpace(-2.0, 2.0))
+    assert lac.load(tmp_path / "b.eqx", action_space=lac.BoxSpace(-1.0, 1.0)).action_space == (
+        lac.BoxSpace(-1.0, 1.0)
+    )

@@ -80,7 +80,7 @@ def test_single_steps_equal_sequence_with_random_resets(getkey, kwargs):
     # a non-zero initial carry, to check that it is used and reset where it should be
     h0 = jax.random.normal(getkey(), (batch, 12))
     c0 = jax.random.normal(getkey(), (batch, 12))
-    state = model._store(state, lac.LSTMCarry(h0, c0))
+    state = model.set_carry(state, lac.LSTMCarry(h0, c0))
     steps_mu, steps_v = [], []
     for t in range(t_len):
         state = model.reset(state, xs[t].shape, mask=starts[t])
@@ -130,7 +130,7 @@ def test_sequence_starts_from_zeros_and_returns_final_carry(getkey):
 
 def test_lazy_resize_and_reset_shapes(getkey):
     model, state = make_model(carry_shape=(4,))
-    state = model._store(state, lac.LSTMCarry(jnp.ones((4, 12)), jnp.ones((4, 12))))
+    state = model.set_carry(state, lac.LSTMCarry(jnp.ones((4, 12)), jnp.ones((4, 12))))
     x = jax.random.normal(getkey(), (2, 3, 5))
     (_, _), state2 = model(x, state)
     assert model.carry(state2).h.shape == (2, 3, 12)
@@ -142,7 +142,7 @@ def test_lazy_resize_and_reset_shapes(getkey):
     assert model.carry(state3).h.shape == (7, 12)
     assert not np.any(np.asarray(model.carry(state3).h))
     # reset with no mask zeros all; with a mask only the masked rows
-    state4 = model._store(state3, lac.LSTMCarry(jnp.ones((7, 12)), jnp.ones((7, 12))))
+    state4 = model.set_carry(state3, lac.LSTMCarry(jnp.ones((7, 12)), jnp.ones((7, 12))))
     mask = jnp.array([True, False, False, True, False, False, True])
     c = model.carry(model.reset(state4, (7, 5), mask=mask))
     np.testing.assert_array_equal(np.asarray(c.h)[:, 0], np.where(np.asarray(mask), 0.0, 1.0))

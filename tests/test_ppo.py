@@ -77,6 +77,7 @@ def test_gae_of_a_rollout_bootstraps_truncation_only():
         episode_start=jnp.zeros((t, b), bool),
         carry=(),
         final_value=_col([0.0, FINAL_VALUE_T1, 0.0, 0.0, 0.0]),
+        episode_return=jnp.zeros((t, b)),
     )
     adv, ret = ppo.advantages(traj, jnp.asarray([LAST_VALUE]))
     np.testing.assert_allclose(adv[:, 0], EXPECTED_ADV, rtol=1e-6, atol=1e-6)

@@ -5,7 +5,6 @@
   for the parameters, the observations and the initial carry, with episode starts
   inside the sequence;
 - `remat=True` gives the same values and gradients;
-- the fused `rollout` takes the steps the single-step API takes.
 """
 
 import equinox as eqx
@@ -92,7 +91,7 @@ def _sequence(model, xs, carry, starts):
 @eqx.filter_jit
 def _reference(model, xs, carry, starts):
     hs, last = _reference_features(model, xs, carry, starts)
-    pi, value = model._heads(hs)
+    pi, value = model.heads(hs)
     return pi.loc, value, last
 
 
@@ -120,7 +119,7 @@ def _ours_loss(model, xs, carry, starts, actions):
 
 def _reference_loss(model, xs, carry, starts, actions):
     hs, last = _reference_features(model, xs, carry, starts)
-    pi, value = model._heads(hs)
+    pi, value = model.heads(hs)
     return _loss_terms(pi, value, last, actions)
 
 
@@ -152,7 +151,7 @@ def test_single_step_equals_cell(getkey):
     model, state = make_model(carry_shape=(B,))
     model = _perturbed(model, getkey())
     xs, _, carry, _ = _inputs(getkey(), model)
-    state = model._store(state, carry)
+    state = model.set_carry(state, carry)
     h, c = carry
 
     @eqx.filter_jit
@@ -241,7 +240,7 @@ def test_gradients_of_part_of_the_outputs(getkey, used):
 
     def reference(model, xs, carry, starts):
         hs, last = _reference_features(model, xs, carry, starts)
-        return model._heads(hs), last
+        return model.heads(hs), last
 
     got = _grads(part(ours), model, xs, carry, starts, actions)
     want = _grads(part(reference), model, xs, carry, starts, actions)
@@ -277,47 +276,6 @@ def test_jit_and_vmap_of_sequence(getkey):
     g2 = jax.vmap(lambda x: loss(model, x, carry, starts, actions))(xs2)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2), strict=True):
         _close(a, b[0])
-
-
-def _toy_env_step(env_state, action, key):
-    """A cheap deterministic environment: the observation follows the action."""
-    del key
-    t = env_state + 1
-    obs = jnp.tanh(jnp.tile(action, (1, 2))[:, :5] + 0.1 * t.astype(jnp.float32)[:, None])
-    start = (t % 4) == 0
-    return t, obs, start, jnp.sum(action, axis=-1)
-
-
-def test_rollout_matches_single_steps_and_sequence(getkey):
-    model, state = make_model(carry_shape=(B,))
-    model = _perturbed(model, getkey())
-    env0 = jnp.arange(B, dtype=jnp.int32)
-    obs0 = jax.random.normal(getkey(), (B, model.obs_dim))
-    start0 = jnp.array([True, False, False])
-    key = getkey()
-    traj, (state_f, env_f, obs_f, start_f) = lac.rollout(
-        model, state, _toy_env_step, env0, obs0, start0, T, key=key, deterministic=True
-    )
-    assert traj.observations.shape == (T, B, model.obs_dim)
-    assert traj.actions.shape == (T, B, model.action_dim)
-    # The same steps taken one at a time through the public single-step API.
-    st, env, obs, start = state, env0, obs0, start0
-    for t in range(T):
-        st = model.reset(st, obs.shape, mask=start)
-        (action, log_prob, value), st = model.act(obs, st, key=key, deterministic=True)
-        _close(traj.observations[t], obs)
-        _close(traj.actions[t], action)
-        _close(traj.log_probs[t], log_prob)
-        _close(traj.values[t], value)
-        env, obs, start, _ = _toy_env_step(env, action, key)
-    _close(model.carry(state_f).h, model.carry(st).h)
-    _close(obs_f, obs)
-    # ...and recomputed in training by sequence mode from the stored carry.
-    log_prob, _, value = model.evaluate(
-        traj.observations, traj.actions, traj.carry, traj.episode_start
-    )
-    _close(log_prob, traj.log_probs)
-    _close(value, traj.values)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "lstm_discrete", "mlp"])
