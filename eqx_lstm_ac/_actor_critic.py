@@ -16,11 +16,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
 
 from ._action_spaces import _unlift, describe_space, space_from_description
 from ._distributions import CategoricalPolicy, GaussianPolicy
-from ._lstm_scan import matmul_t
+from ._lstm_scan import keep_where, matmul_t
 
 
 def _identity(x: Array) -> Array:
@@ -431,7 +431,7 @@ class AbstractActorCritic(eqx.Module):
         self,
         state: eqx.nn.State,
         shape: tuple[int, ...],
-        mask: Bool[Array, " n"] | None = None,
+        mask: Shaped[Array, " n"] | None = None,
     ) -> eqx.nn.State:
         """Zero the carry, all of it or that of the environments in `mask`.
 
@@ -441,8 +441,9 @@ class AbstractActorCritic(eqx.Module):
         - `shape`: the shape of the observations that come next, `(..., obs_dim)`.
           If the carry's leading shape differs from `shape[:-1]`, the new state holds
           fresh zeros of that shape (whatever `mask` says).
-        - `mask`: `None` to zero everything, or a boolean array of shape `(shape[0],)`:
-          `mask[i]` true zeros the carry of environment `i` (the first axis).
+        - `mask`: `None` to zero everything, or an array of shape `(shape[0],)`:
+          `mask[i]` true zeros the carry of environment `i` (the first axis). Boolean,
+          or integers read as truth values (non-zero is true).
 
         **Returns:**
 
@@ -450,8 +451,8 @@ class AbstractActorCritic(eqx.Module):
 
         **Raises:**
 
-        `ValueError` if `shape[-1]` is not `obs_dim`, or `mask` is not a boolean array
-        of shape `(shape[0],)`.
+        `ValueError` if `shape[-1]` is not `obs_dim`, or `mask` is not a boolean or
+        integer array of shape `(shape[0],)`.
         """
         shape = tuple(shape)
         if len(shape) < 1 or shape[-1] != self.obs_dim:
@@ -465,6 +466,14 @@ class AbstractActorCritic(eqx.Module):
                 f"reset's mask must have shape {want} for observations of shape {shape}; "
                 f"got mask of shape {tuple(mask.shape)}."
             )
+        if mask is not None:
+            if jnp.issubdtype(mask.dtype, jnp.integer):
+                mask = mask != 0
+            elif mask.dtype != jnp.bool_:
+                raise ValueError(
+                    f"reset's mask must be boolean (or integer truth values); got dtype "
+                    f"{mask.dtype}."
+                )
         carry = self.carry(state)
         batch = _batch_shape(carry)
         if batch is None:
@@ -473,8 +482,8 @@ class AbstractActorCritic(eqx.Module):
             return self.set_carry(state, self.zero_carry(lead))
         # Zero through `where` on the old carry, not with fresh zeros, so that the new
         # carry keeps the old one's placement (e.g. sharded along the batch axis).
-        keep = False if mask is None else ~mask.reshape(mask.shape + (1,) * len(lead))
-        return self.set_carry(state, jax.tree.map(lambda p: jnp.where(keep, p, 0), carry))
+        keep = jnp.zeros((), bool) if mask is None else ~mask.reshape(mask.shape + (1,) * len(lead))
+        return self.set_carry(state, jax.tree.map(lambda p: keep_where(keep, p), carry))
 
     @eqx.filter_jit
     def act(

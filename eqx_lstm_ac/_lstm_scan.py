@@ -36,7 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float, PyTree
 
 
 CHUNK_ROWS = 1024
@@ -100,67 +100,135 @@ def matmul_t(a: Array, w: Array) -> Array:
     return jax.lax.dot_general(a, w, (((a.ndim - 1,), (1,)), ((), ())))
 
 
-def _split(a: Array, k: int) -> tuple[Array, Array]:
-    """`(T, ...)` into a head `(T % k, ...)` and chunks `(T // k, k, ...)`."""
-    r = a.shape[0] % k
-    return a[:r], a[r:].reshape((a.shape[0] // k, k) + a.shape[1:])
+def lstm_update(pre: Array, c: Array) -> tuple[Array, Array]:
+    """One LSTM step from the gate pre-activations `pre (..., 4H)` and the cell state
+    `c (..., H)`: `(h, c)` after the step. The one step function of every path: the
+    single step, the sequence kernel and `remat`."""
+    n = c.shape[-1]
+    gates = lstm_gates(pre)
+    i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
+    c = f * c + i * g
+    return o * jnp.tanh(c), c
 
 
-def _split_opt(a: Array | None, k: int) -> tuple[Array | None, Array | None]:
-    return (None, None) if a is None else _split(a, k)
+def keep_where(keep: Array | None, x: Array) -> Array:
+    """`x` where `keep`, exactly zero elsewhere (a `where`, not a product, so that a
+    NaN or an infinity before an episode start never survives it); `x` itself for
+    `keep=None`."""
+    return x if keep is None else jnp.where(keep, x, jnp.zeros((), x.dtype))
 
 
-def _forward_chunk(
-    w: LSTMWeights, w_hh_t: Array, act, hc, xs: Array, keep: Array | None, residuals: bool
-):
-    """`len(xs)` steps from carry `hc`: the encoder and the input projection as one
-    matmul, then the recurrence, then the readout as one matmul. With `residuals`, also
-    the hidden states and the cell state entering the chunk, for the reverse pass.
-    `w_hh_t` is `w.w_hh.T`, `(H, 4H)`."""
-    n = w_hh_t.shape[0]
-    zi = matmul_t(act(matmul_t(xs, w.w_enc) + _row(w.b_enc, 3)), w.w_ih)
-    b = _row(w.b, 2)  # added in the step, inside its elementwise fusion
+class Chunks(NamedTuple):
+    """A time-major array cut for the kernel: a `head` of `T % k` steps (possibly
+    empty) and the `body`, `(T // k, k, ...)`. Leaves may be `None`."""
 
-    def step(hc, inp):
-        h, c = hc
-        zi_t, k = inp
-        if k is not None:
-            h = h * k
-            c = c * k
-        gates = lstm_gates(zi_t + h @ w_hh_t + b)
-        i, f, g, o = (gates[:, j * n : (j + 1) * n] for j in range(4))
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return (h, c), h
-
-    hc_last, hs = jax.lax.scan(step, hc, (zi, keep))
-    ys = matmul_t(hs, w.w_out) + _row(w.b_out, 3)
-    return hc_last, ((ys, (hs, hc[1])) if residuals else (ys, None))
+    head: PyTree
+    body: PyTree
 
 
-def _forward(act, w, xs, keep, h0, c0, residuals):
-    """The readouts `(T, B, out)`, the last carry, and (with `residuals`) the hidden
-    states and chunk-entry cell states of the head chunk and of the body chunks."""
+def split_chunks(tree: PyTree, k: int) -> Chunks:
+    """Cut every `(T, ...)` leaf of `tree` into [`Chunks`][] of `k` steps."""
+
+    def head(a: Array) -> Array:
+        return a[: a.shape[0] % k]
+
+    def body(a: Array) -> Array:
+        r = a.shape[0] % k
+        return a[r:].reshape((a.shape[0] // k, k) + a.shape[1:])
+
+    return Chunks(jax.tree.map(head, tree), jax.tree.map(body, tree))
+
+
+def over_chunks(f, carry, chunks: Chunks, has_head: bool, has_body: bool, reverse: bool = False):
+    """`f(carry, inputs, j) -> (carry, out)` over the head chunk (`j = None`) and, in a
+    `jax.lax.scan`, the body chunks (`j` their index), in time order or `reverse`d.
+    Returns the last carry and the outputs as [`Chunks`][] (`None` for a part that has
+    no steps)."""
+    out_head = out_body = None
+
+    def run_head(carry):
+        return f(carry, chunks.head, None)
+
+    def run_body(carry):
+        n = jax.tree.leaves(chunks.body)[0].shape[0]
+        return jax.lax.scan(
+            lambda c, inp: f(c, inp[1], inp[0]),
+            carry,
+            (jnp.arange(n), chunks.body),
+            reverse=reverse,
+        )
+
+    if has_head and not reverse:
+        carry, out_head = run_head(carry)
+    if has_body:
+        carry, out_body = run_body(carry)
+    if has_head and reverse:
+        carry, out_head = run_head(carry)
+    return carry, Chunks(out_head, out_body)
+
+
+def join_chunks(parts: Chunks) -> Array:
+    """The inverse of [`split_chunks`][] for one array: `(T, ...)` again."""
+    arrays = []
+    if parts.head is not None:
+        arrays.append(parts.head)
+    if parts.body is not None:
+        arrays.append(parts.body.reshape((-1,) + parts.body.shape[2:]))
+    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=0)
+
+
+class ChunkResiduals(NamedTuple):
+    """What the forward pass keeps of one chunk (or of the stacked body chunks) for the
+    reverse pass: the hidden state after every step and the cell state entering it."""
+
+    hs: Float[Array, "*chunks steps B lstm"]
+    c_entry: Float[Array, "*chunks B lstm"]
+
+
+class Saved(NamedTuple):
+    """Everything the reverse pass reads: the weights and inputs, the initial hidden
+    state, the residuals of the head chunk and of the body chunks, and whether the
+    observations' gradient is asked for."""
+
+    w: LSTMWeights
+    xs: Array
+    keep: Array | None
+    h0: Array
+    residuals: Chunks
+    d_xs_needed: bool
+
+
+def _forward(act, w: LSTMWeights, xs, keep, h0, c0, residuals: bool):
+    """The readouts `(T, B, out)`, the last carry, and (with `residuals`) the
+    [`ChunkResiduals`][] of the head chunk and of the body chunks.
+
+    Per chunk: the encoder and the input projection as one matmul, then the recurrence
+    step by step, then the readout as one matmul."""
     # The recurrent weight is transposed once per call: contracted in place, the step's
     # `(B, H) @ (H, 4H)` ran 7% slower at B=16.
     w_hh_t = w.w_hh.T
+    b = _row(w.b, 2)  # added in the step, inside its elementwise fusion
     k = chunk_steps(xs.shape[0], xs.shape[1])
-    x_head, x_body = _split(xs, k)
-    k_head, k_body = _split_opt(keep, k)
-    hc, ys = (h0, c0), []
-    res_head = res_body = None
-    if x_head.shape[0]:
-        hc, (y, res_head) = _forward_chunk(w, w_hh_t, act, hc, x_head, k_head, residuals)
-        ys.append(y)
-    if x_body.shape[0]:
-        hc, (y, res_body) = jax.lax.scan(
-            lambda hc, inp: _forward_chunk(w, w_hh_t, act, hc, inp[0], inp[1], residuals),
-            hc,
-            (x_body, k_body),
-        )
-        ys.append(y.reshape((-1,) + y.shape[2:]))
-    ys = ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=0)
-    return hc, ys, (res_head, res_body)
+    t_len = xs.shape[0]
+
+    def chunk(hc, inp, j):
+        xs_j, keep_j = inp
+        zi = matmul_t(act(matmul_t(xs_j, w.w_enc) + _row(w.b_enc, 3)), w.w_ih)
+
+        def step(hc, inp):
+            zi_t, k_t = inp
+            h, c = keep_where(k_t, hc[0]), keep_where(k_t, hc[1])
+            hc = lstm_update(zi_t + h @ w_hh_t + b, c)
+            return hc, hc[0]
+
+        hc_last, hs = jax.lax.scan(step, hc, (zi, keep_j))
+        ys = matmul_t(hs, w.w_out) + _row(w.b_out, 3)
+        return hc_last, (ys, ChunkResiduals(hs, hc[1]) if residuals else None)
+
+    hc, out = over_chunks(chunk, (h0, c0), split_chunks((xs, keep), k), t_len % k > 0, t_len >= k)
+    ys = join_chunks(Chunks(*(None if o is None else o[0] for o in out)))
+    saved = Chunks(*(None if o is None else o[1] for o in out))
+    return hc, ys, saved
 
 
 def _lstm_primal(act, w, xs, keep, h0, c0):
@@ -179,7 +247,7 @@ def _lstm_fwd(act, w, xs, keep, h0, c0):
     d_xs_needed = xs.perturbed
     w, xs, keep, h0, c0 = jax.tree.map(_value, (w, xs, keep, h0, c0))
     (h, c), ys, res = _forward(act, w, xs, keep, h0, c0, residuals=True)
-    return (ys, h, c), (w, xs, keep, h0, res, d_xs_needed)
+    return (ys, h, c), Saved(w, xs, keep, h0, res, d_xs_needed)
 
 
 def _instantiate(ct, like: Array) -> Array:
@@ -191,27 +259,25 @@ def _instantiate(ct, like: Array) -> Array:
     return ct
 
 
-def _backward_chunk(w: LSTMWeights, w_zh: Array, act, d_xs_needed: bool, carry, inp):
+def _backward_chunk(
+    w: LSTMWeights, w_zh: Array, act, d_xs_needed: bool, carry, xs, keep, hs, h_entry, c_entry, d_ys
+):
     """The reverse pass over one chunk: recompute its gates in one matmul and its cell
     states elementwise, run the recurrence backwards step by step, then every gradient
     in one matmul each."""
     dh_next, dc_next, acc = carry
-    xs, keep, (hs, h_entry, c_entry), d_ys = inp
     steps, batch, obs = xs.shape
     n = hs.shape[-1]
     # The hidden state entering every step, after its reset.
-    h_prev = jnp.concatenate([h_entry[None], hs[:-1]], axis=0)
-    if keep is not None:
-        h_prev = h_prev * keep
+    h_prev = keep_where(keep, jnp.concatenate([h_entry[None], hs[:-1]], axis=0))
     z, act_vjp = jax.vjp(act, matmul_t(xs, w.w_enc) + _row(w.b_enc, 3))
     zh = jnp.concatenate([z, h_prev], axis=-1)
     gates = lstm_gates(matmul_t(zh, w_zh) + _row(w.b, 3))
     i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
 
     def c_step(c, inp):
-        f_t, ig_t, k = inp
-        if k is not None:
-            c = c * k
+        f_t, ig_t, k_t = inp
+        c = keep_where(k_t, c)
         c_new = f_t * c + ig_t
         return c_new, (c, c_new)
 
@@ -227,16 +293,11 @@ def _backward_chunk(w: LSTMWeights, w_zh: Array, act, d_xs_needed: bool, carry, 
 
     def step(dhc, inp):
         dh_next, dc_next = dhc
-        dh_out, local_t, dc_dh_t, f_t, k = inp
+        dh_out, local_t, dc_dh_t, f_t, k_t = inp
         dh = dh_out + dh_next
         dc = dc_next + dh * dc_dh_t
         d_pre = jnp.concatenate([dc, dc, dc, dh], axis=-1) * local_t
-        dh_prev = d_pre @ w.w_hh
-        dc_prev = dc * f_t
-        if k is not None:
-            dh_prev = dh_prev * k
-            dc_prev = dc_prev * k
-        return (dh_prev, dc_prev), d_pre
+        return (keep_where(k_t, d_pre @ w.w_hh), keep_where(k_t, dc * f_t)), d_pre
 
     (dh, dc), d_pre = jax.lax.scan(
         step, (dh_next, dc_next), (d_hs, local, dc_dh, f, keep), reverse=True
@@ -265,62 +326,47 @@ def _backward_chunk(w: LSTMWeights, w_zh: Array, act, d_xs_needed: bool, carry, 
     return (dh, dc, acc), d_xs
 
 
-def _lstm_bwd(act, res, cts):
-    w, xs, keep, h0, (res_head, res_body), d_xs_needed = res
+def _lstm_bwd(act, saved: Saved, cts):
+    w, xs, keep, h0, res, d_xs_needed = saved
     d_ys, d_h_last, d_c_last = (_instantiate(ct, xs) for ct in cts)
     w_zh = jnp.concatenate([w.w_ih, w.w_hh], axis=1)  # (4H, hidden + H), for [z, h_prev]
     k = chunk_steps(xs.shape[0], xs.shape[1])
-    parts = [_split_opt(a, k) for a in (xs, keep, d_ys)]
-    (x_head, x_body), (k_head, k_body), (y_head, y_body) = parts
+    chunks = split_chunks((xs, keep, d_ys), k)
+    res_head, res_body = res
+
+    def chunk(carry, inp, j):
+        xs_j, keep_j, d_ys_j = inp
+        if j is None:  # the head chunk starts the sequence
+            hs_j, c_j, h_j = res_head.hs, res_head.c_entry, h0
+        else:
+            # The hidden state entering chunk `j` is the last one of chunk `j - 1` (of
+            # the head chunk, or `h0`, for the first): read in place, not stored twice.
+            hs_all = res_body.hs
+            _, steps, batch, n = hs_all.shape
+            last = jax.lax.dynamic_slice(
+                hs_all, (jnp.maximum(j - 1, 0), steps - 1, 0, 0), (1, 1, batch, n)
+            )
+            h_start = h0 if res_head is None else res_head.hs[-1]
+            h_j = jnp.where(j > 0, last.reshape(batch, n), h_start)
+            hs_j, c_j = res_body.hs[j], res_body.c_entry[j]
+        return _backward_chunk(
+            w, w_zh, act, d_xs_needed, carry, xs_j, keep_j, hs_j, h_j, c_j, d_ys_j
+        )
+
     # The gradients of the encoder and the cell, accumulated chunk by chunk.
     carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, tuple(w[:5])))
-    d_xs = []
-    if res_body is not None:
-        hs_body, c_body = res_body
-        _, steps, batch, n = hs_body.shape
-        h_start = h0 if res_head is None else res_head[0][-1]
-
-        def body_chunk(carry, inp):
-            # The hidden state entering chunk `j` is the last one of chunk `j - 1`: read
-            # in place, not stored a second time.
-            j, xs_j, keep_j, hs_j, c_j, d_ys_j = inp
-            last = jax.lax.dynamic_slice(
-                hs_body, (jnp.maximum(j - 1, 0), steps - 1, 0, 0), (1, 1, batch, n)
-            )
-            h_j = jnp.where(j > 0, last.reshape(batch, n), h_start)
-            res_j = (hs_j, h_j, c_j)
-            return _backward_chunk(w, w_zh, act, d_xs_needed, carry, (xs_j, keep_j, res_j, d_ys_j))
-
-        carry, d_body = jax.lax.scan(
-            body_chunk,
-            carry,
-            (jnp.arange(hs_body.shape[0]), x_body, k_body, hs_body, c_body, y_body),
-            reverse=True,
-        )
-        d_xs.append(None if d_body is None else d_body.reshape((-1,) + d_body.shape[2:]))
-    if res_head is not None:
-        hs_head, c_head = res_head
-        carry, d_head = _backward_chunk(
-            w, w_zh, act, d_xs_needed, carry, (x_head, k_head, (hs_head, h0, c_head), y_head)
-        )
-        d_xs.insert(0, d_head)
+    carry, d_xs = over_chunks(
+        chunk, carry, chunks, res_head is not None, res_body is not None, reverse=True
+    )
     dh0, dc0, (d_w_enc, d_b_enc, d_w_ih, d_w_hh, d_b) = carry
     # The readout's gradients: one matmul over all the steps, after the chunks.
-    d_w_out = jnp.zeros_like(w.w_out)
-    for res_part, d_ys_part in ((res_head, y_head), (res_body, y_body)):
-        if res_part is not None and d_ys_part is not None:
-            hs_rows = res_part[0].reshape(-1, w.w_out.shape[1])
-            d_w_out = d_w_out + d_ys_part.reshape(hs_rows.shape[0], -1).T @ hs_rows
+    hs_rows = join_chunks(Chunks(*(None if r is None else r.hs for r in res)))
+    hs_rows = hs_rows.reshape(-1, w.w_out.shape[1])
+    d_w_out = d_ys.reshape(hs_rows.shape[0], -1).T @ hs_rows
     d_b_out = jnp.sum(d_ys, axis=(0, 1))
     grads = LSTMWeights(d_w_enc, d_b_enc, d_w_ih, d_w_hh, d_b, d_w_out, d_b_out)
-    if not d_xs_needed:
-        d_xs = None
-    elif len(d_xs) == 1:
-        d_xs = d_xs[0]
-    else:
-        d_xs = jnp.concatenate(d_xs, axis=0)
     # `keep` is data (episode starts), never differentiated.
-    return grads, d_xs, None, dh0, dc0
+    return grads, join_chunks(d_xs) if d_xs_needed else None, None, dh0, dc0
 
 
 _lstm = jax.custom_vjp(_lstm_primal, nondiff_argnums=(0,))
@@ -331,15 +377,15 @@ def lstm_sequence(
     act: Callable[[Array], Array],
     w: LSTMWeights,
     xs: Float[Array, "T B obs"],
-    keep: Float[Array, "T B 1"] | None,
+    keep: Bool[Array, "T B 1"] | None,
     h0: Float[Array, "B lstm"],
     c0: Float[Array, "B lstm"],
 ) -> tuple[Float[Array, "T B out"], Float[Array, "B lstm"], Float[Array, "B lstm"]]:
     """Encoder + LSTM + linear readout over a time-major batch, with the fused reverse
     pass.
 
-    `keep[t, b]` is `0.0` where observation `t` of environment `b` begins an episode
-    (the carry is zeroed before step `t`) and `1.0` elsewhere; `None` means no episode
+    `keep[t, b]` is false where observation `t` of environment `b` begins an episode
+    (the carry is zeroed before step `t`) and true elsewhere; `None` means no episode
     starts inside the sequence. Returns the readout `h_t @ w_out.T + b_out` of every
     step `(T, B, out)` and the final carry. The hidden states themselves never leave
     the kernel: their `(T, B, H)` cotangent is never materialised.

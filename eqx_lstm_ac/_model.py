@@ -25,7 +25,7 @@ from ._actor_critic import (
     orthogonal_linear,
     SoftplusStdHead,
 )
-from ._lstm_scan import lstm_gates, lstm_sequence, LSTMWeights, matmul_t
+from ._lstm_scan import keep_where, lstm_sequence, lstm_update, LSTMWeights, matmul_t
 
 
 class LSTMCarry(NamedTuple):
@@ -283,13 +283,10 @@ class LSTMActorCritic(AbstractActorCritic):
         h, c = carry
         z = ACTIVATIONS[self.activation](apply_linear(self.encoder, x))
         cell = self.cell
-        gates = matmul_t(z, cell.weight_ih) + matmul_t(h, cell.weight_hh)
+        pre = matmul_t(z, cell.weight_ih) + matmul_t(h, cell.weight_hh)
         if cell.bias is not None:
-            gates = add_bias(gates, cell.bias)
-        i, f, g, o = jnp.split(lstm_gates(gates), 4, axis=-1)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return h, c
+            pre = add_bias(pre, cell.bias)
+        return lstm_update(pre, c)
 
     def _weights(self) -> LSTMWeights:
         """The encoder's, the cell's and the heads' readout arrays, for the sequence kernel."""
@@ -314,10 +311,8 @@ class LSTMActorCritic(AbstractActorCritic):
         @jax.checkpoint
         def body(hc, inp):
             x, start = inp
-            if start is not None:
-                keep = ~start[:, None]
-                hc = (jnp.where(keep, hc[0], 0.0), jnp.where(keep, hc[1], 0.0))
-            hc = self._step(x, hc)
+            keep = None if start is None else ~start[:, None]
+            hc = self._step(x, (keep_where(keep, hc[0]), keep_where(keep, hc[1])))
             return hc, hc[0]
 
         return jax.lax.scan(body, carry, (xs, episode_start))
@@ -361,7 +356,7 @@ class LSTMActorCritic(AbstractActorCritic):
         if self.remat:
             (h, c), features = self._scan_remat(xs, (carry.h, carry.c), episode_start)
             return self.readout(features), LSTMCarry(h, c)
-        keep = None if episode_start is None else (~episode_start)[:, :, None].astype(xs.dtype)
+        keep = None if episode_start is None else (~episode_start)[:, :, None]
         ys, h, c = lstm_sequence(
             ACTIVATIONS[self.activation], self._weights(), xs, keep, carry.h, carry.c
         )

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, Shaped
 
 from ._actor_critic import AbstractActorCritic
 from ._envs import Environment
@@ -300,7 +300,7 @@ class Actor:
         self,
         state: eqx.nn.State,
         shape: tuple[int, ...],
-        mask: Bool[Array, " n"] | None = None,
+        mask: Shaped[Array, " n"] | None = None,
     ) -> eqx.nn.State:
         """As [`eqx_lstm_ac.LSTMActorCritic.reset`][]."""
         return self._reset(self._leaves, state, mask, tuple(shape))

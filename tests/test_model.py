@@ -149,6 +149,41 @@ def test_lazy_resize_and_reset_shapes(getkey):
     np.testing.assert_array_equal(np.asarray(c.c)[:, 0], np.where(np.asarray(mask), 0.0, 1.0))
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8])
+def test_integer_reset_masks_are_truth_values(dtype):
+    model, state = make_model(carry_shape=(4,))
+    ones = lac.LSTMCarry(jnp.ones((4, 12)), jnp.ones((4, 12)))
+    state = model.set_carry(state, ones)
+    c = model.carry(model.reset(state, (4, 5), mask=jnp.array([1, 0, 1, 0], dtype)))
+    np.testing.assert_array_equal(np.asarray(c.h)[:, 0], [0.0, 1.0, 0.0, 1.0])
+
+
+def test_float_reset_mask_is_refused():
+    model, state = make_model(carry_shape=(4,))
+    with pytest.raises(ValueError, match="boolean"):
+        model.reset(state, (4, 5), mask=jnp.array([1.0, 0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_nan_before_an_episode_start_never_survives_it(getkey, remat):
+    """The carry after a reset is exactly zero, whatever came before (NaN included), in
+    sequence mode as step by step."""
+    model, state = make_model(carry_shape=(2,), remat=remat)
+    xs = jax.random.normal(getkey(), (6, 2, 5))
+    xs = xs.at[2, 0].set(jnp.nan)
+    starts = jnp.zeros((6, 2), bool).at[3, 0].set(True)
+    (pi, value), carry = model.sequence(xs, episode_start=starts)
+    assert np.all(np.isfinite(np.asarray(value[3:, 0])))
+    assert np.all(np.isfinite(np.asarray(carry.h)))
+    # the same episode run alone from zeros
+    (_, alone), _ = model.sequence(xs[3:, :1])
+    np.testing.assert_allclose(value[3:, :1], alone, rtol=1e-5, atol=1e-6)
+    for t in range(6):
+        state = model.reset(state, xs[t].shape, mask=starts[t])
+        (_, v), state = model(xs[t], state)
+    np.testing.assert_allclose(v, value[-1], rtol=1e-5, atol=1e-6)
+
+
 def test_unbatched_single_step(getkey):
     model, state = make_model()
     (pi, v), state = model(jax.random.normal(getkey(), (5,)), state)
