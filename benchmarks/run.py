@@ -250,37 +250,58 @@ def bench_step(batch, repeats, target_s, torch):
 # ---------------------------------------------------------------------- fused rollout
 
 
-def _env_step(env_state, action, key):
-    """A cheap JAX environment: the next observation is a fixed map of the action."""
-    del key
-    t = env_state + 1
-    reps = -(-P.OBS // P.ACTIONS)
-    obs = jnp.tanh(jnp.tile(action, (1, reps))[:, : P.OBS] + 0.01 * t.astype(jnp.float32)[:, None])
-    return t, obs, (t % 64) == 0, jnp.sum(action * action, axis=-1)
+class _CheapEnv(lac.Environment):
+    """A cheap JAX environment: the next observation is a fixed map of the action, and
+    an episode lasts 64 steps."""
+
+    @property
+    def observation_size(self) -> int:
+        return P.OBS
+
+    @property
+    def action_size(self) -> int:
+        return P.ACTIONS
+
+    @property
+    def discrete(self) -> bool:
+        return False
+
+    def reset(self, key, params):
+        del key, params
+        return jnp.zeros((P.OBS,), jnp.float32), jnp.zeros((), jnp.int32)
+
+    def step(self, key, env_state, action, params):
+        del key, params
+        t = env_state + 1
+        reps = -(-P.OBS // P.ACTIONS)
+        obs = jnp.tanh(jnp.tile(action, reps)[: P.OBS] + 0.01 * t.astype(jnp.float32))
+        return obs, t, jnp.sum(action * action), (t % 64) == 0, jnp.zeros((), bool), {}
 
 
 def bench_rollout(batch, steps, repeats, target_s):
     model = P.make_ours()
-    state0 = model.init_state((batch,))
-    env0 = jnp.zeros((batch,), jnp.int32)
-    obs0 = jax.random.normal(jax.random.key(0), (batch, P.OBS))
-    start0 = jnp.ones((batch,), bool)
+    env = _CheapEnv()
+    rs0 = lac.start_rollout(model, env, batch, key=jax.random.key(0))
     key = jax.random.key(1)
+    vstep = jax.vmap(env.step, in_axes=(None, 0, 0, None))
 
     def fused():
-        return lac.rollout(model, state0, _env_step, env0, obs0, start0, steps, key=key)
+        return lac.rollout(model, env, rs0, steps, key=key)
 
     @eqx.filter_jit
     def one_step(model, state, env_state, obs, start, key):
         state = model.reset(state, obs.shape, mask=start)
         (action, log_prob, value), state = model.act(obs, state, key=key)
-        env_state, obs, start, reward = _env_step(env_state, action, key)
-        return (action, log_prob, value, reward), (state, env_state, obs, start)
+        obs, env_state, reward, done, _, _ = vstep(key, env_state, action, None)
+        reset_obs, reset_state = env.reset(key, None)
+        env_state = jnp.where(done, reset_state, env_state)
+        obs = jnp.where(done[:, None], reset_obs[None], obs)
+        return (action, log_prob, value, reward), (state, env_state, obs, done)
 
     keys = jax.random.split(key, steps)
 
     def loop():
-        state, env_state, obs, start = state0, env0, obs0, start0
+        state, env_state, obs, start = rs0.model_state, rs0.env_state, rs0.obs, rs0.episode_start
         outs = []
         for k in keys:
             out, (state, env_state, obs, start) = one_step(model, state, env_state, obs, start, k)

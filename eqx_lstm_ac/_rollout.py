@@ -293,7 +293,7 @@ class Actor:
         key: PRNGKeyArray,
         deterministic: bool = False,
     ) -> tuple[tuple[Array, Float[Array, "*batch"], Float[Array, "*batch"]], eqx.nn.State]:
-        """As [`eqx_lstm_ac.LSTMActorCritic.act`][]: `(action, log_prob, value), state`."""
+        """As [`eqx_lstm_ac.AbstractActorCritic.act`][]: `(action, log_prob, value), state`."""
         return self._act(self._leaves, x, state, key, bool(deterministic))
 
     def reset(
@@ -302,5 +302,5 @@ class Actor:
         shape: tuple[int, ...],
         mask: Shaped[Array, " n"] | None = None,
     ) -> eqx.nn.State:
-        """As [`eqx_lstm_ac.LSTMActorCritic.reset`][]."""
+        """As [`eqx_lstm_ac.AbstractActorCritic.reset`][]."""
         return self._reset(self._leaves, state, mask, tuple(shape))
