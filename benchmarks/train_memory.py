@@ -36,25 +36,26 @@ import jax.numpy as jnp
 import numpy as np
 
 import eqx_lstm_ac as lac
-from eqx_lstm_ac._cli import DEFAULTS
+from eqx_lstm_ac import ModelConfig, PPOConfig
 
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "train_memory.json"
 FIGURE = ROOT / "docs" / "images" / "memory_benchmark.png"
 
-# The settings of `eqx-lstm-ac train`'s defaults, read from the CLI so they cannot drift.
+# The settings of `eqx-lstm-ac train`'s defaults, read from the config dataclasses.
+_PPO, _MODEL = PPOConfig(), ModelConfig()
 MEMORY_CONFIG = dict(
-    num_envs=DEFAULTS["num_envs"],
-    num_steps=DEFAULTS["num_steps"],
-    num_epochs=DEFAULTS["epochs"],
-    num_minibatches=DEFAULTS["minibatches"],
-    learning_rate=DEFAULTS["lr"],
-    gamma=DEFAULTS["gamma"],
-    gae_lambda=DEFAULTS["gae_lambda"],
-    ent_coef=DEFAULTS["ent_coef"],
+    num_envs=_PPO.num_envs,
+    num_steps=_PPO.num_steps,
+    num_epochs=_PPO.num_epochs,
+    num_minibatches=_PPO.num_minibatches,
+    learning_rate=_PPO.learning_rate,
+    gamma=_PPO.gamma,
+    gae_lambda=_PPO.gae_lambda,
+    ent_coef=_PPO.ent_coef,
 )
-MEMORY_SIZES = dict(hidden_features=DEFAULTS["hidden"], features=DEFAULTS["features"])
+MEMORY_SIZES = dict(hidden_features=_MODEL.hidden_features, features=_MODEL.features)
 POMDP_CONFIG = dict(
     num_envs=32,
     num_steps=128,

@@ -18,6 +18,7 @@ from ._actor_critic import (
 )
 from ._baseline import MLPActorCritic as MLPActorCritic
 from ._checkpoint import load as load, read_header as read_header, save as save
+from ._config import ModelConfig as ModelConfig, PPOConfig as PPOConfig, RunConfig as RunConfig
 from ._distributions import (
     CategoricalPolicy as CategoricalPolicy,
     expected_log_det as expected_log_det,
@@ -46,10 +47,8 @@ from ._ppo import (
     ActorCritic as ActorCritic,
     Batch as Batch,
     compute_gae as compute_gae,
-    evaluate_policy as evaluate_policy,
     PPO as PPO,
     ppo_loss as ppo_loss,
-    PPOConfig as PPOConfig,
     shard_train_state as shard_train_state,
     train as train,
     TrainState as TrainState,
@@ -57,9 +56,18 @@ from ._ppo import (
 from ._registry import make_model as make_model, model_class as model_class, MODELS as MODELS
 from ._rollout import (
     Actor as Actor,
+    evaluate_policy as evaluate_policy,
     rollout as rollout,
     RolloutState as RolloutState,
     start_rollout as start_rollout,
     Trajectory as Trajectory,
+)
+from ._run import (
+    fit as fit,
+    FitResult as FitResult,
+    load_train_state as load_train_state,
+    resume as resume,
+    RunDir as RunDir,
+    save_train_state as save_train_state,
 )
 from ._version import __version__ as __version__

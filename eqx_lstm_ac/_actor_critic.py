@@ -248,8 +248,11 @@ class AbstractActorCritic(eqx.Module):
         """The constructor arguments that rebuild this model (JSON-serialisable; the
         action space as [`eqx_lstm_ac.describe_space`][] gives it)."""
 
+    features_argument: ClassVar[str] = "features"
+    """The constructor argument that takes the torso's output width (`features` of
+    [`eqx_lstm_ac.AbstractActorCritic.make`][])."""
+
     @classmethod
-    @abc.abstractmethod
     def make(
         cls,
         observation_space_size: int,
@@ -263,7 +266,20 @@ class AbstractActorCritic(eqx.Module):
         key: PRNGKeyArray,
     ) -> "AbstractActorCritic":
         """Build a model from the sizes every model has: the encoder's width
-        `hidden_features` and the torso's output width `features`."""
+        `hidden_features` and the torso's output width `features` (passed to the
+        constructor as `features_argument`)."""
+        build: Any = eqx.nn.make_with_state(cls)
+        model, _ = build(
+            observation_space_size,
+            action_space_size,
+            hidden_features=hidden_features,
+            activation=activation,
+            action_space=action_space,
+            discrete=discrete,
+            key=key,
+            **{cls.features_argument: features},
+        )
+        return model
 
     # ------------------------------------------------------------------ construction
 

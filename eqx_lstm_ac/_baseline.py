@@ -133,30 +133,6 @@ class MLPActorCritic(AbstractActorCritic):
             actor_sigma_head=self.actor_sigma_head,
         )
 
-    @classmethod
-    def make(
-        cls,
-        observation_space_size: int,
-        action_space_size: int,
-        *,
-        hidden_features: int,
-        features: int,
-        activation: str,
-        action_space: distrax.Bijector | None,
-        discrete: bool,
-        key: PRNGKeyArray,
-    ) -> "MLPActorCritic":
-        """The model (see [`eqx_lstm_ac.AbstractActorCritic.make`][])."""
-        return cls(
-            observation_space_size,
-            action_space_size,
-            hidden_features=hidden_features,
-            features=features,
-            activation=activation,
-            action_space=action_space,
-            discrete=discrete,
-            key=key,
-        )
 
     # ------------------------------------------------------------------ the torso
 

@@ -86,13 +86,18 @@ def save(path: str | os.PathLike, model: AbstractActorCritic) -> None:
     }
     head = json.dumps(header, sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, MAGIC + _LEN.pack(len(head)) + head + blob)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to the file `path` through a temporary file beside it, flushed to
+    disk and renamed into place: a crash, a kill or a full disk leaves either the old
+    file or the new one, never a half-written one, and no temporary file behind."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(_LEN.pack(len(head)))
-            f.write(head)
-            f.write(blob)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -182,7 +187,7 @@ def _abstract_model(
         ) from None
 
 
-def _read_npy(f: io.BytesIO, like: jax.ShapeDtypeStruct, path: Path) -> np.ndarray:
+def read_npy(f: io.BytesIO, like: jax.ShapeDtypeStruct, path: Path) -> np.ndarray:
     """One `.npy` record of exactly the shape and dtype of `like`, its header checked
     before its data is read; never unpickles."""
     try:
@@ -271,7 +276,7 @@ def load(
         raise ValueError(f"{path}: corrupt checkpoint: the weights fail their checksum.")
     stream = io.BytesIO(blob)
     out = [
-        jax.numpy.asarray(_read_npy(stream, leaf, path))
+        jax.numpy.asarray(read_npy(stream, leaf, path))
         if isinstance(leaf, jax.ShapeDtypeStruct)
         else leaf
         for leaf in leaves

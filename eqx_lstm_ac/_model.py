@@ -3,7 +3,7 @@ heads."""
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import distrax
 import equinox as eqx
@@ -212,6 +212,8 @@ class LSTMActorCritic(AbstractActorCritic):
 
     # ------------------------------------------------------------------ the interface
 
+    features_argument: ClassVar[str] = "lstm_features"
+
     @property
     def metadata(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model (JSON-serialisable, apart
@@ -226,32 +228,6 @@ class LSTMActorCritic(AbstractActorCritic):
             remat=self.remat,
         )
 
-    @classmethod
-    def make(
-        cls,
-        observation_space_size: int,
-        action_space_size: int,
-        *,
-        hidden_features: int,
-        features: int,
-        activation: str,
-        action_space: distrax.Bijector | None,
-        discrete: bool,
-        key: PRNGKeyArray,
-    ) -> "LSTMActorCritic":
-        """The model with `lstm_features = features` (see
-        [`eqx_lstm_ac.AbstractActorCritic.make`][])."""
-        model, _ = eqx.nn.make_with_state(cls)(
-            observation_space_size,
-            action_space_size,
-            hidden_features=hidden_features,
-            lstm_features=features,
-            activation=activation,
-            action_space=action_space,
-            discrete=discrete,
-            key=key,
-        )
-        return model
 
     # ------------------------------------------------------------------ carry
 

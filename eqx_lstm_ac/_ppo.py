@@ -20,9 +20,8 @@ The gradient is computed in one place, [`eqx_lstm_ac.PPO.grads`][], which averag
 over a named device axis when one is given (for `shard_map`/`pmap` over environments).
 """
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -32,6 +31,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._actor_critic import AbstractActorCritic
+from ._config import PPOConfig
 from ._envs import Environment
 from ._parallel import check_num_envs, data_mesh, replicate, shard_batch
 from ._registry import make_model
@@ -41,133 +41,6 @@ from ._rollout import rollout, RolloutState, split_keys, start_rollout, Trajecto
 ActorCritic = AbstractActorCritic
 """Any actor-critic: the trainer uses only the interface of
 [`eqx_lstm_ac.AbstractActorCritic`][]."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    """The hyperparameters of [`eqx_lstm_ac.PPO`][].
-
-    **Arguments:**
-
-    - `num_envs`: environments stepped in parallel.
-    - `num_steps`: rollout length per environment and update.
-    - `total_steps`: the budget in environment steps; the number of updates is
-      `total_steps // (num_envs * num_steps)` (at least one) and sets the length of the
-      learning-rate schedule.
-    - `num_epochs`: passes over each rollout.
-    - `num_minibatches`: minibatches per epoch; each holds
-      `num_envs * (num_steps // bptt_chunk) / num_minibatches` whole sequences.
-    - `bptt_chunk`: truncated BPTT length: the rollout is cut into sequences of this many
-      steps, each started from the carry stored at its first step. `None` (default):
-      one sequence per environment, the whole rollout.
-    - `gamma`, `gae_lambda`: discount and GAE parameter.
-    - `reward_scale`: rewards are multiplied by this for the advantages and value
-      targets (not in the reported returns). Values of order one train best: e.g. `0.1`
-      for CartPole's reward of one per step.
-    - `clip_eps`: the policy-ratio clip range.
-    - `clip_value`: the value clip range around the rollout's values; `None` for an
-      unclipped value loss.
-    - `vf_coef`, `ent_coef`: weights of the value loss and of the entropy bonus.
-    - `learning_rate`: the initial learning rate of Adam.
-    - `lr_schedule`: `"linear"` (decay to zero over the budget), `"cosine"` or
-      `"constant"`.
-    - `max_grad_norm`: global-norm gradient clipping.
-    - `normalize_advantages`: normalise advantages per minibatch.
-
-    **Raises:**
-
-    `ValueError` for a value out of range or sizes that do not divide.
-    """
-
-    num_envs: int = 64
-    num_steps: int = 64
-    total_steps: int = 1_000_000
-    num_epochs: int = 4
-    num_minibatches: int = 4
-    bptt_chunk: int | None = None
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    reward_scale: float = 1.0
-    clip_eps: float = 0.2
-    clip_value: float | None = 0.2
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    learning_rate: float = 3e-4
-    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float = 0.5
-    normalize_advantages: bool = True
-
-    def __post_init__(self):
-        for name in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.total_steps, int) or self.total_steps < 0:
-            raise ValueError(
-                f"total_steps must be a non-negative integer, got {self.total_steps!r}."
-            )
-        chunk = self.sequence_length
-        if self.num_steps % chunk != 0 or chunk < 1:
-            raise ValueError(
-                f"bptt_chunk={self.bptt_chunk} must be a positive divisor of "
-                f"num_steps={self.num_steps}."
-            )
-        if self.num_sequences % self.num_minibatches != 0:
-            raise ValueError(
-                f"The rollout holds {self.num_sequences} sequences (num_envs={self.num_envs} "
-                f"x {self.num_steps // chunk} chunks), which num_minibatches="
-                f"{self.num_minibatches} does not divide."
-            )
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
-        for name in ("clip_eps", "learning_rate", "max_grad_norm", "reward_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        if self.clip_value is not None and not self.clip_value > 0:
-            raise ValueError(f"clip_value must be positive or None, got {self.clip_value!r}.")
-        if self.lr_schedule not in ("linear", "cosine", "constant"):
-            raise ValueError(
-                f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}."
-            )
-
-    @property
-    def sequence_length(self) -> int:
-        """The length of a training sequence: `bptt_chunk`, or `num_steps`."""
-        return self.num_steps if self.bptt_chunk is None else self.bptt_chunk
-
-    @property
-    def num_sequences(self) -> int:
-        """Training sequences per rollout."""
-        return self.num_envs * (self.num_steps // self.sequence_length)
-
-    @property
-    def steps_per_update(self) -> int:
-        """Environment steps per update, `num_envs * num_steps`."""
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        """Updates in the budget (at least one)."""
-        return max(1, self.total_steps // self.steps_per_update)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PPOConfig":
-        """The inverse of `to_dict`.
-
-        **Raises:**
-
-        `ValueError` for unknown fields or invalid values."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"Unknown PPOConfig field(s): {sorted(unknown)}.")
-        return cls(**data)
 
 
 class TrainState(eqx.Module):
@@ -582,80 +455,6 @@ class PPO(eqx.Module):
         with jax.numpy_dtype_promotion("standard"):
             metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
         return ts, metrics
-
-
-EVAL_CHUNK = 32
-"""Steps per compiled rollout in `evaluate_policy`, between checks of whether every
-episode has ended."""
-
-
-@eqx.filter_jit
-def evaluate_policy(
-    model: ActorCritic,
-    env: Environment,
-    *,
-    key: PRNGKeyArray,
-    num_episodes: int = 32,
-    deterministic: bool = True,
-    max_steps: int = 10_000,
-    env_params: PyTree = None,
-) -> Float[Array, " episodes"]:
-    """Run `num_episodes` episodes in parallel, each to its end (or `max_steps`), and
-    return their returns.
-
-    **Arguments:**
-
-    - `model`: the model.
-    - `env`: the [`eqx_lstm_ac.Environment`][].
-    - `key`: a `jax.random.key`. (Keyword only.)
-    - `num_episodes`: episodes to run (one per parallel environment).
-    - `deterministic`: act with the deterministic action (the squashed mean, or the most
-      probable action) instead of sampling.
-    - `max_steps`: a cap on the episode length.
-    - `env_params`: the environment's parameters; `env.default_params` if `None`.
-
-    **Returns:**
-
-    The returns, shape `(num_episodes,)`.
-    """
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
-    k_reset, k_loop = jax.random.split(key)
-    rs = start_rollout(model, env, num_episodes, key=k_reset, env_params=env_params)
-    chunk = min(max_steps, EVAL_CHUNK)
-
-    def cond(carry):
-        t, _, done, _ = carry
-        return (t < max_steps) & ~jnp.all(done)
-
-    def body(carry):
-        t, rs, done, ret = carry
-        rs, traj = rollout(
-            model,
-            env,
-            rs,
-            chunk,
-            key=jax.random.fold_in(k_loop, t),
-            env_params=env_params,
-            deterministic=deterministic,
-        )
-        ended = traj.done
-        # steps of each environment's first episode, within the step cap
-        before = jnp.cumsum(ended.astype(jnp.int32), axis=0) - ended.astype(jnp.int32)
-        index = t + jnp.arange(chunk, dtype=jnp.int32)[:, None]
-        counted = ~done[None] & (before == 0) & (index < max_steps)
-        ret = ret + jnp.sum(jnp.where(counted, traj.reward, 0.0), axis=0)
-        done = done | jnp.any(ended & counted, axis=0)
-        return t + chunk, rs, done, ret
-
-    init = (
-        jnp.zeros((), jnp.int32),
-        rs,
-        jnp.zeros((num_episodes,), bool),
-        jnp.zeros((num_episodes,), jnp.float32),
-    )
-    *_, ret = jax.lax.while_loop(cond, body, init)
-    return ret
 
 
 def shard_train_state(

@@ -7,6 +7,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._actor_critic import AbstractActorCritic
 from ._baseline import MLPActorCritic
+from ._config import ModelConfig
 from ._model import LSTMActorCritic
 
 
@@ -39,15 +40,16 @@ def model_class(name: str) -> type[AbstractActorCritic]:
 
 def make_model(
     env: Any,
-    model: str = "lstm",
-    hidden_features: int = 64,
-    features: int = 64,
-    activation: str = "gelu",
+    model: str = ModelConfig.model,
+    hidden_features: int = ModelConfig.hidden_features,
+    features: int = ModelConfig.features,
+    activation: str = ModelConfig.activation,
     *,
     key: PRNGKeyArray,
     action_space: distrax.Bijector | None = None,
 ) -> AbstractActorCritic:
-    """A model with the sizes and action space of `env`.
+    """A model with the sizes and action space of `env`; the defaults are those of
+    [`eqx_lstm_ac.ModelConfig`][].
 
     **Arguments:**
 

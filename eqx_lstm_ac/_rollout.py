@@ -237,6 +237,80 @@ def rollout(
     return jax.lax.scan(step, state, split_keys(key, num_steps))
 
 
+EVAL_CHUNK = 32
+"""Steps per compiled rollout in `evaluate_policy`, between checks of whether every
+episode has ended."""
+
+
+@eqx.filter_jit
+def evaluate_policy(
+    model: AbstractActorCritic,
+    env: Environment,
+    *,
+    key: PRNGKeyArray,
+    num_episodes: int = 32,
+    deterministic: bool = True,
+    max_steps: int = 10_000,
+    env_params: PyTree = None,
+) -> Float[Array, " episodes"]:
+    """Run `num_episodes` episodes in parallel, each to its end (or `max_steps`), and
+    return their returns.
+
+    **Arguments:**
+
+    - `model`: the model.
+    - `env`: the [`eqx_lstm_ac.Environment`][].
+    - `key`: a `jax.random.key`. (Keyword only.)
+    - `num_episodes`: episodes to run (one per parallel environment).
+    - `deterministic`: act with the deterministic action (the squashed mean, or the most
+      probable action) instead of sampling.
+    - `max_steps`: a cap on the episode length.
+    - `env_params`: the environment's parameters; `env.default_params` if `None`.
+
+    **Returns:**
+
+    The returns, shape `(num_episodes,)`.
+    """
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+    k_reset, k_loop = jax.random.split(key)
+    rs = start_rollout(model, env, num_episodes, key=k_reset, env_params=env_params)
+    chunk = min(max_steps, EVAL_CHUNK)
+
+    def cond(carry):
+        t, _, done, _ = carry
+        return (t < max_steps) & ~jnp.all(done)
+
+    def body(carry):
+        t, rs, done, ret = carry
+        rs, traj = rollout(
+            model,
+            env,
+            rs,
+            chunk,
+            key=jax.random.fold_in(k_loop, t),
+            env_params=env_params,
+            deterministic=deterministic,
+        )
+        ended = traj.done
+        # steps of each environment's first episode, within the step cap
+        before = jnp.cumsum(ended.astype(jnp.int32), axis=0) - ended.astype(jnp.int32)
+        index = t + jnp.arange(chunk, dtype=jnp.int32)[:, None]
+        counted = ~done[None] & (before == 0) & (index < max_steps)
+        ret = ret + jnp.sum(jnp.where(counted, traj.reward, 0.0), axis=0)
+        done = done | jnp.any(ended & counted, axis=0)
+        return t + chunk, rs, done, ret
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        rs,
+        jnp.zeros((num_episodes,), bool),
+        jnp.zeros((num_episodes,), jnp.float32),
+    )
+    *_, ret = jax.lax.while_loop(cond, body, init)
+    return ret
+
+
 class Actor:
     """`model.act` and `model.reset` for rollouts driven one step at a time from Python,
     at the dispatch cost of a plain `jax.jit`.
