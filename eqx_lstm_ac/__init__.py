@@ -65,9 +65,8 @@ from ._rollout import (
 from ._run import (
     fit as fit,
     FitResult as FitResult,
-    load_train_state as load_train_state,
     resume as resume,
     RunDir as RunDir,
-    save_train_state as save_train_state,
 )
+from ._train_state import load_train_state as load_train_state, save_train_state as save_train_state
 from ._version import __version__ as __version__

@@ -133,7 +133,6 @@ class MLPActorCritic(AbstractActorCritic):
             actor_sigma_head=self.actor_sigma_head,
         )
 
-
     # ------------------------------------------------------------------ the torso
 
     def zero_carry(self, batch_shape: tuple[int, ...] = ()) -> tuple[()]:

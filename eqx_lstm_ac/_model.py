@@ -228,7 +228,6 @@ class LSTMActorCritic(AbstractActorCritic):
             remat=self.remat,
         )
 
-
     # ------------------------------------------------------------------ carry
 
     def zero_carry(self, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:

@@ -1,5 +1,6 @@
-"""Training runs on disk: the run directory ([`eqx_lstm_ac.RunDir`][]), training-state
-checkpoints, and [`eqx_lstm_ac.fit`][], the training loop that writes them.
+"""Training runs on disk: the run directory ([`eqx_lstm_ac.RunDir`][]) and
+[`eqx_lstm_ac.fit`][], the training loop that writes it (its checkpoints through
+`_train_state.py`).
 
 A run directory holds:
 
@@ -21,35 +22,36 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
-import hashlib
 import io
 import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from ._actor_critic import AbstractActorCritic
-from ._checkpoint import atomic_write, load, read_npy, save
+from ._checkpoint import atomic_write, save
 from ._config import RunConfig
 from ._envs import Environment, HideObservation, make_env, MemoryTask
 from ._ppo import PPO, shard_train_state, TrainState
 from ._registry import make_model
+from ._train_state import (
+    load_train_state,
+    read_checkpoint_config,
+    read_json,
+    RUN_FORMAT,
+    save_train_state,
+    write_json,
+)
 from ._version import __version__
 
 
-RUN_FORMAT = 2
 KEEP_CHECKPOINTS = 3
-_MAX_JSON = 1 << 20
 
 METRIC_FIELDS: tuple[str, ...] = (
     "update",
@@ -79,158 +81,6 @@ def memory_task(env: Environment) -> MemoryTask | None:
     while isinstance(env, HideObservation):
         env = env.env
     return env if isinstance(env, MemoryTask) else None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        if path.stat().st_size > _MAX_JSON:
-            raise ValueError(f"{path} is too large to be a settings file.")
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path} is not readable JSON ({type(e).__name__}).") from None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ---------------------------------------------------------------------- training states
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _trainer_fields(ts: TrainState) -> dict[str, list[Any]]:
-    """The array leaves of every field of `ts` but the model, by field name (random
-    keys as their raw data)."""
-    out = {}
-    for field in dataclasses.fields(ts):
-        if field.name == "model":
-            continue
-        leaves = jax.tree.leaves(getattr(ts, field.name))
-        out[field.name] = [
-            jax.random.key_data(x) if _is_key(x) else x for x in leaves if eqx.is_array(x)
-        ]
-    return out
-
-
-def save_train_state(path: str | os.PathLike, ts: TrainState, config: RunConfig) -> Path:
-    """Save a whole training state (model, optimiser, environments, carry, keys,
-    counters) and the settings of its run into the new checkpoint directory `path`.
-
-    The directory is written under a temporary name and renamed into place, so it
-    appears whole or not at all; an existing directory of that name is replaced only
-    once the new one is complete.
-
-    **Returns:**
-
-    The checkpoint directory.
-    """
-    final = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        save(tmp / "model.eqx", ts.model)
-        buf = io.BytesIO()
-        fields = _trainer_fields(ts)
-        for leaves in fields.values():
-            for x in leaves:
-                np.save(buf, np.asarray(x), allow_pickle=False)
-        atomic_write(tmp / "trainer.eqx", buf.getvalue())
-        update = int(ts.update)
-        meta = {
-            "format": RUN_FORMAT,
-            "library_version": __version__,
-            "update": update,
-            "env_steps": update * config.ppo.steps_per_update,
-            "run": config.to_dict(),
-            "fields": {name: len(leaves) for name, leaves in fields.items()},
-            "sha256": {name: _sha256(tmp / name) for name in ("model.eqx", "trainer.eqx")},
-        }
-        _write_json(tmp / "trainer.json", meta)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def read_checkpoint_config(path: str | os.PathLike) -> RunConfig:
-    """The [`eqx_lstm_ac.RunConfig`][] stored in the checkpoint directory `path`."""
-    meta = _checkpoint_meta(Path(path))
-    try:
-        return RunConfig.from_dict(meta["run"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} holds a corrupt run description ({e}).") from None
-
-
-def _checkpoint_meta(ckpt: Path) -> dict[str, Any]:
-    meta = _read_json(ckpt / "trainer.json")
-    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
-        raise ValueError(f"{ckpt} is not a checkpoint this version can read.")
-    return meta
-
-
-def load_train_state(path: str | os.PathLike, like: TrainState) -> TrainState:
-    """Load the training state saved in the checkpoint directory `path`.
-
-    `like` is a training state of the same run (e.g. `PPO(config.ppo, env).init(...)`):
-    every field is read back by name against its shapes and dtypes, and the file must
-    hold exactly those bytes, so nothing is allocated that the run's settings do not
-    imply. No code from the files runs.
-
-    **Raises:**
-
-    `ValueError` naming the file for a checkpoint that is incomplete, corrupt, fails its
-    checksums, or does not match `like`.
-    """
-    ckpt = Path(path)
-    meta = _checkpoint_meta(ckpt)
-    for name in ("model.eqx", "trainer.eqx"):
-        file = ckpt / name
-        if not file.is_file():
-            raise ValueError(f"{file} is missing: the checkpoint is incomplete.")
-        sha = meta.get("sha256")
-        if not isinstance(sha, dict) or _sha256(file) != sha.get(name):
-            raise ValueError(f"{file} fails its checksum: the checkpoint is corrupt.")
-    model = load(ckpt / "model.eqx")
-    if type(model) is not type(like.model) or model.metadata != like.model.metadata:
-        raise ValueError(
-            f"The checkpoint's model ({type(model).__name__}, {model.metadata}) does not "
-            f"match the run's settings."
-        )
-    want = _trainer_fields(like)
-    if meta.get("fields") != {name: len(leaves) for name, leaves in want.items()}:
-        raise ValueError(f"{ckpt}/trainer.eqx does not hold this run's training state.")
-    blob = (ckpt / "trainer.eqx").read_bytes()
-    stream = io.BytesIO(blob)
-    read = {}
-    for name, leaves in want.items():
-        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-        read[name] = [jnp.asarray(read_npy(stream, s, ckpt / "trainer.eqx")) for s in shapes]
-    if stream.tell() != len(blob):
-        raise ValueError(f"{ckpt}/trainer.eqx holds more than this run's training state.")
-    values = {"model": eqx.nn.delete_init_state(model)}
-    for name, arrays in read.items():
-        tree = getattr(like, name)
-        it = iter(arrays)
-
-        def fill(x, it=it):
-            if not eqx.is_array(x):
-                return x
-            a = next(it)
-            return jax.random.wrap_key_data(a, impl=jax.random.key_impl(x)) if _is_key(x) else a
-
-        values[name] = jax.tree.map(fill, tree)
-    return TrainState(**values)
 
 
 # ---------------------------------------------------------------------- the run directory
@@ -316,7 +166,7 @@ class RunDir:
 
     def read_config(self) -> RunConfig:
         """The run's [`eqx_lstm_ac.RunConfig`][], from `run.json`."""
-        data = _read_json(self.settings_file)
+        data = read_json(self.settings_file)
         if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
             raise ValueError(
                 f"{self.settings_file} is not a run description this version can read."
@@ -363,7 +213,7 @@ class RunDir:
     def write_config(self, config: RunConfig) -> None:
         """Write `run.json`."""
         data = {"format": RUN_FORMAT, "library_version": __version__, "run": config.to_dict()}
-        _write_json(self.settings_file, data)
+        write_json(self.settings_file, data)
 
     def write_checkpoint(self, ts: TrainState, config: RunConfig) -> Path:
         """A checkpoint of `ts` (see [`eqx_lstm_ac.save_train_state`][]), the latest
