@@ -10,12 +10,7 @@ from ._action_spaces import (
     MaxNormSpace as MaxNormSpace,
     space_from_description as space_from_description,
 )
-from ._actor_critic import (
-    AbstractActorCritic as AbstractActorCritic,
-    ACTIVATIONS as ACTIVATIONS,
-    LogStdParameter as LogStdParameter,
-    SoftplusStdHead as SoftplusStdHead,
-)
+from ._actor_critic import AbstractActorCritic as AbstractActorCritic
 from ._baseline import MLPActorCritic as MLPActorCritic
 from ._checkpoint import load as load, read_header as read_header, save as save
 from ._config import ModelConfig as ModelConfig, PPOConfig as PPOConfig, RunConfig as RunConfig
@@ -31,6 +26,11 @@ from ._envs import (
     make_env as make_env,
     MemoryState as MemoryState,
     MemoryTask as MemoryTask,
+)
+from ._heads import (
+    ACTIVATIONS as ACTIVATIONS,
+    LogStdParameter as LogStdParameter,
+    SoftplusStdHead as SoftplusStdHead,
 )
 from ._model import LSTMActorCritic as LSTMActorCritic, LSTMCarry as LSTMCarry
 from ._parallel import (

@@ -13,13 +13,15 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._action_spaces import _lift, FreeSpace
 from ._actor_critic import (
     AbstractActorCritic,
+    check_options,
+    metadata_of,
+)
+from ._heads import (
     activation_name,
     ACTIVATIONS,
     apply_linear,
-    check_options,
     init_heads,
     LogStdParameter,
-    metadata_of,
     orthogonal_linear,
     SoftplusStdHead,
 )
