@@ -49,9 +49,7 @@ from ._ppo import (
     compute_gae as compute_gae,
     PPO as PPO,
     ppo_loss as ppo_loss,
-    shard_train_state as shard_train_state,
     train as train,
-    TrainState as TrainState,
 )
 from ._registry import make_model as make_model, model_class as model_class, MODELS as MODELS
 from ._rollout import (
@@ -68,5 +66,10 @@ from ._run import (
     resume as resume,
     RunDir as RunDir,
 )
-from ._train_state import load_train_state as load_train_state, save_train_state as save_train_state
+from ._train_state import (
+    load_train_state as load_train_state,
+    save_train_state as save_train_state,
+    shard_train_state as shard_train_state,
+    TrainState as TrainState,
+)
 from ._version import __version__ as __version__

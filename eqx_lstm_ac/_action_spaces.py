@@ -24,6 +24,13 @@ def _log_sech2(z: Array) -> Array:
     return 2.0 * (_LOG2 - a - jax.nn.softplus(-2.0 * a))
 
 
+def _require(space: str, **checks: tuple[float, bool, str]) -> None:
+    """Raise `ValueError` for the first `name=(value, ok, wanted)` that is not `ok`."""
+    for name, (value, ok, wanted) in checks.items():
+        if not ok:
+            raise ValueError(f"{space} needs {name} {wanted}, got {name}={value}.")
+
+
 def _atanh(u: Array) -> Array:
     return 0.5 * (jnp.log1p(u) - jnp.log1p(-u))
 
@@ -102,10 +109,7 @@ class BoxSpace(ActionSpace):
         x_min, x_max, width, eps = float(x_min), float(x_max), float(width), float(eps)
         if not x_max > x_min:
             raise ValueError(f"BoxSpace needs x_min < x_max, got x_min={x_min}, x_max={x_max}.")
-        if not width > 0:
-            raise ValueError(f"BoxSpace needs width > 0, got width={width}.")
-        if not 0 < eps < 1:
-            raise ValueError(f"BoxSpace needs 0 < eps < 1, got eps={eps}.")
+        _require("BoxSpace", width=(width, width > 0, "> 0"), eps=(eps, 0 < eps < 1, "in (0, 1)"))
         super().__init__(event_ndims_in=0)
         self.x_min = x_min
         self.x_max = x_max
@@ -157,10 +161,11 @@ class MaxNormSpace(ActionSpace):
 
     def __init__(self, max_norm: float = 1.0, eps: float = 1e-6):
         max_norm, eps = float(max_norm), float(eps)
-        if not max_norm > 0:
-            raise ValueError(f"MaxNormSpace needs max_norm > 0, got max_norm={max_norm}.")
-        if not 0 < eps < 1:
-            raise ValueError(f"MaxNormSpace needs 0 < eps < 1, got eps={eps}.")
+        _require(
+            "MaxNormSpace",
+            max_norm=(max_norm, max_norm > 0, "> 0"),
+            eps=(eps, 0 < eps < 1, "in (0, 1)"),
+        )
         super().__init__(event_ndims_in=1)
         self.max_norm = max_norm
         self.eps = eps

@@ -23,6 +23,11 @@ from ._heads import add_bias, LogStdParameter, SoftplusStdHead
 from ._lstm_scan import keep_where, matmul_t
 
 
+_Actions = Float[Array, "*batch action"] | Int[Array, "*batch"]
+ActOutput = tuple[tuple[_Actions, Float[Array, "*batch"], Float[Array, "*batch"]], eqx.nn.State]
+"""What `act` returns: `(action, log_prob, value), state`."""
+
+
 def check_options(
     sizes: dict[str, Any],
     flags: dict[str, Any],
@@ -389,14 +394,7 @@ class AbstractActorCritic(eqx.Module):
         *,
         key: PRNGKeyArray,
         deterministic: bool = False,
-    ) -> tuple[
-        tuple[
-            Float[Array, "*batch action"] | Int[Array, "*batch"],
-            Float[Array, "*batch"],
-            Float[Array, "*batch"],
-        ],
-        eqx.nn.State,
-    ]:
+    ) -> ActOutput:
         """One compiled rollout step: choose an action and advance the carry.
 
         **Arguments:**

@@ -21,6 +21,15 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 from ._action_spaces import BoxSpace
 
 
+EnvAction = Float[Array, " action"] | Int[Array, ""]
+"""An action for one environment: a float vector, or an integer scalar when discrete."""
+
+StepResult = tuple[
+    Float[Array, " obs"], PyTree, Float[Array, ""], Bool[Array, ""], Bool[Array, ""], dict
+]
+"""What `step` returns: `(obs, env_state, reward, terminated, truncated, info)`."""
+
+
 class Environment(eqx.Module):
     """The interface of an environment: pure functions of explicit state, one
     environment at a time (the trainer `vmap`s them over a batch).
@@ -78,11 +87,9 @@ class Environment(eqx.Module):
         self,
         key: PRNGKeyArray,
         env_state: PyTree,
-        action: Float[Array, " action"] | Int[Array, ""],
+        action: EnvAction,
         params: PyTree,
-    ) -> tuple[
-        Float[Array, " obs"], PyTree, Float[Array, ""], Bool[Array, ""], Bool[Array, ""], dict
-    ]:
+    ) -> StepResult:
         """Advance one step (no automatic reset).
 
         **Arguments:**
@@ -194,16 +201,9 @@ class MemoryTask(Environment):
         self,
         key: PRNGKeyArray,
         env_state: MemoryState,
-        action: Float[Array, " action"] | Int[Array, ""],
+        action: EnvAction,
         params: PyTree,
-    ) -> tuple[
-        Float[Array, " obs"],
-        MemoryState,
-        Float[Array, ""],
-        Bool[Array, ""],
-        Bool[Array, ""],
-        dict,
-    ]:
+    ) -> StepResult:
         del key, params
         query = env_state.time == self.delay
         score = jnp.mean(jnp.asarray(action, jnp.float32) * env_state.target)
@@ -280,14 +280,8 @@ class HideObservation(Environment):
         return self._select(obs), state
 
     def step(
-        self,
-        key: PRNGKeyArray,
-        env_state: PyTree,
-        action: Float[Array, " action"] | Int[Array, ""],
-        params: PyTree,
-    ) -> tuple[
-        Float[Array, " obs"], PyTree, Float[Array, ""], Bool[Array, ""], Bool[Array, ""], dict
-    ]:
+        self, key: PRNGKeyArray, env_state: PyTree, action: EnvAction, params: PyTree
+    ) -> StepResult:
         obs, state, reward, terminated, truncated, info = self.env.step(
             key, env_state, action, params
         )
@@ -400,14 +394,8 @@ class GymnaxEnv(Environment):
         return jnp.asarray(obs, jnp.float32), state
 
     def step(
-        self,
-        key: PRNGKeyArray,
-        env_state: PyTree,
-        action: Float[Array, " action"] | Int[Array, ""],
-        params: PyTree,
-    ) -> tuple[
-        Float[Array, " obs"], PyTree, Float[Array, ""], Bool[Array, ""], Bool[Array, ""], dict
-    ]:
+        self, key: PRNGKeyArray, env_state: PyTree, action: EnvAction, params: PyTree
+    ) -> StepResult:
         obs, state, reward, terminated, info = self.env.step_env(key, env_state, action, params)
         truncated = jnp.logical_and(
             jnp.asarray(self.env.is_truncated(state, params), bool),

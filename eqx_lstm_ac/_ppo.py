@@ -27,36 +27,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._actor_critic import AbstractActorCritic
 from ._config import PPOConfig
 from ._envs import Environment
-from ._parallel import check_num_envs, data_mesh, replicate, shard_batch
 from ._registry import make_model
 from ._rollout import rollout, RolloutState, split_keys, start_rollout, Trajectory
+from ._train_state import shard_train_state, TrainState
 
 
 ActorCritic = AbstractActorCritic
 """Any actor-critic: the trainer uses only the interface of
 [`eqx_lstm_ac.AbstractActorCritic`][]."""
-
-
-class TrainState(eqx.Module):
-    """Everything an update changes: the model, the optimiser's state, the environments
-    and the carry, the random key and the update counter. A pytree of arrays (and the
-    model's static parts), so it can be passed through `jit` and serialised."""
-
-    model: ActorCritic
-    opt_state: PyTree
-    model_state: eqx.nn.State
-    env_state: PyTree
-    obs: Float[Array, "B obs"]
-    episode_start: Bool[Array, " B"]
-    episode_return: Float[Array, " B"]
-    key: PRNGKeyArray
-    update: Int[Array, ""]
 
 
 def compute_gae(
@@ -455,45 +438,6 @@ class PPO(eqx.Module):
         with jax.numpy_dtype_promotion("standard"):
             metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
         return ts, metrics
-
-
-def shard_train_state(
-    ts: TrainState, devices: int | Sequence[Any] | Mesh | None = None
-) -> TrainState:
-    """Spread a [`eqx_lstm_ac.TrainState`][] over several devices for data-parallel
-    training with JAX's own sharding.
-
-    The per-environment leaves (environment states, observations, reset flags, returns
-    and the carry) are split along the `data` axis of a 1-D mesh; the model, the
-    optimiser state, the key and the counter are replicated. Then the ordinary compiled
-    [`eqx_lstm_ac.PPO.train_step`][] runs on all devices: XLA partitions the rollout per
-    device and all-reduces the gradients, and the update is the same computation as on
-    one device with the same global batch (a test holds it).
-
-    **Arguments:**
-
-    - `ts`: the training state, e.g. from [`eqx_lstm_ac.PPO.init`][].
-    - `devices`: how many local devices, a list of devices, a `Mesh` with a `data` axis,
-      or `None` for all local devices.
-
-    **Returns:**
-
-    The same state, placed on the devices.
-
-    **Raises:**
-
-    `ValueError` if the number of environments does not divide by the number of devices.
-    """
-    mesh = devices if isinstance(devices, Mesh) else data_mesh(devices)
-    check_num_envs(int(ts.obs.shape[0]), mesh)
-    batched = (ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
-    batched = shard_batch(batched, mesh)
-    shared = replicate((ts.model, ts.opt_state, ts.key, ts.update), mesh)
-    model, opt_state, key, update = shared
-    model_state, env_state, obs, episode_start, episode_return = batched
-    return TrainState(
-        model, opt_state, model_state, env_state, obs, episode_start, episode_return, key, update
-    )
 
 
 def train(

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, Key, PRNGKeyArray, PyTree, Shaped
 
-from ._actor_critic import AbstractActorCritic
+from ._actor_critic import AbstractActorCritic, ActOutput
 from ._envs import Environment
 
 
@@ -360,21 +360,14 @@ class Actor:
         self._reset = jax.jit(reset, static_argnums=3)
 
     def __call__(
-        self,
-        x: Float[Array, "*batch obs"],
-        state: eqx.nn.State,
-        *,
-        key: PRNGKeyArray,
+        self, x: Float[Array, "*batch obs"], state: eqx.nn.State, *, key: PRNGKeyArray,
         deterministic: bool = False,
-    ) -> tuple[tuple[Array, Float[Array, "*batch"], Float[Array, "*batch"]], eqx.nn.State]:
+    ) -> ActOutput:
         """As [`eqx_lstm_ac.AbstractActorCritic.act`][]: `(action, log_prob, value), state`."""
         return self._act(self._leaves, x, state, key, bool(deterministic))
 
     def reset(
-        self,
-        state: eqx.nn.State,
-        shape: tuple[int, ...],
-        mask: Shaped[Array, " n"] | None = None,
+        self, state: eqx.nn.State, shape: tuple[int, ...], mask: Shaped[Array, " n"] | None = None
     ) -> eqx.nn.State:
         """As [`eqx_lstm_ac.AbstractActorCritic.reset`][]."""
         return self._reset(self._leaves, state, mask, tuple(shape))

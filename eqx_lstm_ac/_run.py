@@ -38,7 +38,7 @@ from ._actor_critic import AbstractActorCritic
 from ._checkpoint import atomic_write, save
 from ._config import RunConfig
 from ._envs import Environment, HideObservation, make_env, MemoryTask
-from ._ppo import PPO, shard_train_state, TrainState
+from ._ppo import PPO
 from ._registry import make_model
 from ._train_state import (
     load_train_state,
@@ -46,6 +46,8 @@ from ._train_state import (
     read_json,
     RUN_FORMAT,
     save_train_state,
+    shard_train_state,
+    TrainState,
     write_json,
 )
 from ._version import __version__
@@ -101,25 +103,13 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.settings_file = self.path / "run.json"
+        self.model_file = self.path / "model.eqx"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.plot_file = self.path / "learning_curve.png"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
-
-    @property
-    def settings_file(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def model_file(self) -> Path:
-        return self.path / "model.eqx"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def plot_file(self) -> Path:
-        return self.path / "learning_curve.png"
 
     # ------------------------------------------------------------------ finding runs
 
@@ -438,17 +428,9 @@ def _train_loop(run, config, env, ppo, ts, keep_rows, start_update, on_start, on
     if plot and rows:
         what = f"{env.name} with {config.model.model}"
         run.plot(rows, f"{what}, seed {config.seed}", env)
+    seconds = time.perf_counter() - t_start
     return FitResult(
-        model=ts.model,
-        train_state=ts,
-        env=env,
-        run_dir=run,
-        config=config,
-        rows=rows,
-        start_update=start_update,
-        last_checkpoint=last_ckpt,
-        interrupted=interrupted,
-        seconds=time.perf_counter() - t_start,
+        ts.model, ts, env, run, config, rows, start_update, last_ckpt, interrupted, seconds
     )
 
 

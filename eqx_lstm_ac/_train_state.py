@@ -1,6 +1,7 @@
-"""Training-state checkpoints: a whole [`eqx_lstm_ac.TrainState`][] and the settings of
-its run in one directory, written atomically and read back by field name without
-running code or allocating more than the run's settings imply."""
+"""The training state: [`eqx_lstm_ac.TrainState`][], its placement over devices, and its
+checkpoints: a whole training state and the settings of its run in one directory,
+written atomically and read back by field name without running code or allocating more
+than the run's settings imply."""
 
 import dataclasses
 import hashlib
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,69 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._actor_critic import AbstractActorCritic
 from ._checkpoint import atomic_write, load, read_npy, save
 from ._config import RunConfig
-from ._ppo import TrainState
+from ._parallel import check_num_envs, data_mesh, replicate, shard_batch
 from ._version import __version__
+
+
+class TrainState(eqx.Module):
+    """Everything an update changes: the model, the optimiser's state, the environments
+    and the carry, the random key and the update counter. A pytree of arrays (and the
+    model's static parts), so it can be passed through `jit` and serialised."""
+
+    model: AbstractActorCritic
+    opt_state: PyTree
+    model_state: eqx.nn.State
+    env_state: PyTree
+    obs: Float[Array, "B obs"]
+    episode_start: Bool[Array, " B"]
+    episode_return: Float[Array, " B"]
+    key: PRNGKeyArray
+    update: Int[Array, ""]
+
+
+def shard_train_state(
+    ts: TrainState, devices: int | Sequence[Any] | Mesh | None = None
+) -> TrainState:
+    """Spread a [`eqx_lstm_ac.TrainState`][] over several devices for data-parallel
+    training with JAX's own sharding.
+
+    The per-environment leaves (environment states, observations, reset flags, returns
+    and the carry) are split along the `data` axis of a 1-D mesh; the model, the
+    optimiser state, the key and the counter are replicated. Then the ordinary compiled
+    [`eqx_lstm_ac.PPO.train_step`][] runs on all devices: XLA partitions the rollout per
+    device and all-reduces the gradients, and the update is the same computation as on
+    one device with the same global batch (a test holds it).
+
+    **Arguments:**
+
+    - `ts`: the training state, e.g. from [`eqx_lstm_ac.PPO.init`][].
+    - `devices`: how many local devices, a list of devices, a `Mesh` with a `data` axis,
+      or `None` for all local devices.
+
+    **Returns:**
+
+    The same state, placed on the devices.
+
+    **Raises:**
+
+    `ValueError` if the number of environments does not divide by the number of devices.
+    """
+    mesh = devices if isinstance(devices, Mesh) else data_mesh(devices)
+    check_num_envs(int(ts.obs.shape[0]), mesh)
+    batched = (ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
+    batched = shard_batch(batched, mesh)
+    shared = replicate((ts.model, ts.opt_state, ts.key, ts.update), mesh)
+    model, opt_state, key, update = shared
+    model_state, env_state, obs, episode_start, episode_return = batched
+    return TrainState(
+        model, opt_state, model_state, env_state, obs, episode_start, episode_return, key, update
+    )
 
 
 RUN_FORMAT = 2
