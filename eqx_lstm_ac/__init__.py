@@ -33,6 +33,7 @@ from ._heads import (
     SoftplusStdHead as SoftplusStdHead,
 )
 from ._model import LSTMActorCritic as LSTMActorCritic, LSTMCarry as LSTMCarry
+from ._normalize import RunningMoments as RunningMoments
 from ._parallel import (
     check_num_envs as check_num_envs,
     DATA_AXIS as DATA_AXIS,

@@ -21,6 +21,7 @@ from ._action_spaces import _unlift, describe_space, space_from_description
 from ._distributions import CategoricalPolicy, GaussianPolicy
 from ._heads import add_bias, LogStdParameter, SoftplusStdHead
 from ._lstm_scan import keep_where, matmul_t
+from ._normalize import RunningMoments
 
 
 _Actions = Float[Array, "*batch action"] | Int[Array, "*batch"]
@@ -93,9 +94,10 @@ class AbstractActorCritic(eqx.Module):
     it has the shape `(*batch, n)`. A memoryless torso has the empty carry `()`.
 
     **Writing a new model.** Subclass this (the subclass is final), declare the fields
-    named below, and implement `zero_carry`, `torso`, `sequence_readout`, `metadata` and
-    `make`; then add it to [`eqx_lstm_ac.MODELS`][]. The trainer, `rollout`,
-    `save`/`load` and the command line take it from there.
+    named below, set `obs_norm = None` in the constructor, and implement `zero_carry`,
+    `torso`, `sequence_readout`, `metadata` and `make`; then add it to
+    [`eqx_lstm_ac.MODELS`][]. The trainer, `rollout`, `save`/`load` and the command
+    line take it from there; observation normalisation too.
     """
 
     obs_dim: eqx.AbstractVar[int]
@@ -106,6 +108,12 @@ class AbstractActorCritic(eqx.Module):
     critic: eqx.AbstractVar[eqx.nn.Linear]
     bij: eqx.AbstractVar[distrax.Bijector | None]
     carry_index: eqx.AbstractVar[eqx.nn.StateIndex | None]
+    obs_norm: RunningMoments | None
+    """The running moments that normalise the observations before the torso, or `None`
+    for raw observations. The trainer adds and updates them
+    ([`eqx_lstm_ac.PPOConfig`][]'s `normalize_observations`); they are saved with the
+    model, so a loaded model sees its inputs exactly as training did. Every
+    constructor sets it to `None`."""
 
     metadata_ignores: ClassVar[tuple[str, ...]] = ("carry_shape", "key")
     """Constructor arguments that are not part of `metadata`."""
@@ -192,6 +200,10 @@ class AbstractActorCritic(eqx.Module):
         """
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
+        metadata = dict(metadata)
+        normalized = metadata.pop("normalize_observations", False)
+        if not isinstance(normalized, bool):
+            raise ValueError(f"{cls.__name__}: bad normalize_observations {normalized!r}.")
         params = inspect.signature(cls.__init__).parameters
         known = set(params) - {"self", *cls.metadata_ignores}
         unknown = set(metadata) - known
@@ -206,7 +218,32 @@ class AbstractActorCritic(eqx.Module):
             if name != "action_space" and not isinstance(value, (bool, int, float, str)):
                 raise ValueError(f"{cls.__name__}: bad {name} {value!r}.")
         model, _ = eqx.nn.make_with_state(cls)(**kwargs, key=key)  # pyright: ignore[reportCallIssue]
+        if normalized:
+            model = model.with_obs_norm(RunningMoments((model.obs_dim,)))
         return model
+
+    # ------------------------------------------------------------------ inputs
+
+    def inputs(self, x: Float[Array, "*batch obs"]) -> Float[Array, "*batch obs"]:
+        """The observations as the torso sees them: normalised by `obs_norm` (no
+        gradient flows into it), or unchanged without one."""
+        return x if self.obs_norm is None else self.obs_norm.normalize(x)
+
+    def with_obs_norm(self, obs_norm: RunningMoments | None) -> "AbstractActorCritic":
+        """The same model with other observation moments (`None` for none)."""
+        return eqx.tree_at(
+            lambda m: m.obs_norm, self, obs_norm, is_leaf=lambda x: x is None
+        )
+
+    def trainable(self) -> PyTree:
+        """The filter of the parameters an optimiser trains: every floating-point array
+        but the observation moments."""
+        spec = jax.tree.map(eqx.is_inexact_array, self)
+        if self.obs_norm is None:
+            return spec
+        return eqx.tree_at(
+            lambda m: m.obs_norm, spec, jax.tree.map(lambda _: False, self.obs_norm)
+        )
 
     # ------------------------------------------------------------------ heads
 
@@ -318,7 +355,7 @@ class AbstractActorCritic(eqx.Module):
             carry = self.zero_carry(lead)
         # No flattening of the leading axes: a reshape would gather a batch axis that is
         # sharded across devices but not the first one.
-        features, carry = self.torso(x, carry)
+        features, carry = self.torso(self.inputs(x), carry)
         return self.heads(features), self.set_carry(state, carry)
 
     def value(self, x: Float[Array, "*batch obs"], state: eqx.nn.State) -> Float[Array, "*batch"]:
@@ -466,7 +503,7 @@ class AbstractActorCritic(eqx.Module):
                 )
             if episode_start.dtype != jnp.bool_:
                 raise ValueError(f"episode_start must be boolean; got dtype {episode_start.dtype}.")
-        ys, carry = self.sequence_readout(xs, carry, episode_start)
+        ys, carry = self.sequence_readout(self.inputs(xs), carry, episode_start)
         return self.policy_and_value(ys), carry
 
     @eqx.filter_jit
@@ -500,4 +537,5 @@ def metadata_of(model: AbstractActorCritic, **sizes: Any) -> dict[str, Any]:
         **sizes,
         "action_space": describe_space(model.bij),
         "discrete": model.discrete,
+        **({} if model.obs_norm is None else {"normalize_observations": True}),
     }

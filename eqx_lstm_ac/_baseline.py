@@ -113,6 +113,7 @@ class MLPActorCritic(AbstractActorCritic):
         self.activation = activation_name(activation)
         self.actor_sigma_head = actor_sigma_head
         self.discrete = discrete
+        self.obs_norm = None
         gain = math.sqrt(2.0)
         self.encoder = orthogonal_linear(k_enc, observation_space_size, hidden_features, gain)
         self.torso_layer = orthogonal_linear(k_torso, hidden_features, features, gain)

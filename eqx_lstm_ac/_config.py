@@ -60,8 +60,8 @@ class PPOConfig:
       one sequence per environment, the whole rollout.
     - `gamma`, `gae_lambda`: discount and GAE parameter.
     - `reward_scale`: rewards are multiplied by this for the advantages and value
-      targets (not in the reported returns). Values of order one train best: e.g. `0.1`
-      for CartPole's reward of one per step.
+      targets (not in the reported returns); a fixed factor, which the reward
+      normalisation makes irrelevant unless it is off.
     - `clip_eps`: the policy-ratio clip range.
     - `clip_value`: the value clip range around the rollout's values; `None` for an
       unclipped value loss.
@@ -71,6 +71,12 @@ class PPOConfig:
       `"constant"`.
     - `max_grad_norm`: global-norm gradient clipping.
     - `normalize_advantages`: normalise advantages per minibatch.
+    - `normalize_observations`: give the model running observation moments
+      ([`eqx_lstm_ac.AbstractActorCritic.obs_norm`][]), updated after every rollout from
+      its observations and saved with the model.
+    - `normalize_rewards`: divide the rewards (after `reward_scale`) by the running
+      standard deviation of the discounted return, for the advantages and value
+      targets; the reported returns stay raw.
 
     **Raises:**
 
@@ -91,7 +97,7 @@ class PPOConfig:
     gamma: float = option(0.99, "discount", fixed=True)
     gae_lambda: float = option(0.95, "GAE lambda", fixed=True)
     reward_scale: float = option(
-        1.0, "multiply rewards by this for training (e.g. 0.1 for CartPole)", fixed=True
+        1.0, "multiply rewards by this for training (a fixed factor)", fixed=True
     )
     clip_eps: float = option(0.2, "policy clip range", fixed=True)
     clip_value: float | None = option(
@@ -105,6 +111,16 @@ class PPOConfig:
     )
     max_grad_norm: float = option(0.5, "global-norm gradient clipping", fixed=True)
     normalize_advantages: bool = option(True, "normalise advantages per minibatch", fixed=True)
+    normalize_observations: bool = option(
+        True,
+        "normalise observations by their running mean and variance (saved with the model)",
+        fixed=True,
+    )
+    normalize_rewards: bool = option(
+        True,
+        "divide rewards by the running standard deviation of the discounted return",
+        fixed=True,
+    )
 
     def __post_init__(self):
         _check_positive_ints(self, ("num_envs", "num_steps", "num_epochs", "num_minibatches"))
@@ -144,10 +160,9 @@ class PPOConfig:
             raise ValueError(
                 f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}."
             )
-        if not isinstance(self.normalize_advantages, bool):
-            raise ValueError(
-                f"normalize_advantages must be True or False, got {self.normalize_advantages!r}."
-            )
+        for name in ("normalize_advantages", "normalize_observations", "normalize_rewards"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     @property
     def sequence_length(self) -> int:

@@ -194,6 +194,7 @@ class LSTMActorCritic(AbstractActorCritic):
         self.activation = activation_name(activation)
         self.actor_sigma_head = actor_sigma_head
         self.discrete = discrete
+        self.obs_norm = None
         self.remat = remat
 
         layers = _init_layers(

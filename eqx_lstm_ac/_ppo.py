@@ -7,14 +7,18 @@ One update ([`eqx_lstm_ac.PPO.train_step`][]) is a rollout followed by PPO epoch
    step the carry of the environments whose observation starts an episode is zeroed
    (`model.reset(state, shape, mask=episode_start)`), and the carry *before* that reset
    is stored with the step.
-2. **Advantages.** GAE, bootstrapping from the value of the final observation when an
-   episode was truncated (time limit) and from nothing when it terminated; the carry is
-   reset after both.
+2. **Advantages.** GAE on the training rewards (times `reward_scale`, divided by the
+   running standard deviation of the discounted return), bootstrapping from the value
+   of the final observation when an episode was truncated (time limit) and from
+   nothing when it terminated; the carry is reset after both.
 3. **Epochs.** The rollout is cut into sequences of `bptt_chunk` steps (the whole
    rollout by default); each sequence keeps one environment's steps together and starts
    from the carry stored at its first step, with the stored `episode_start` flags, so the
    recomputed log-probabilities of the first epoch equal the rollout's: the probability
    ratio starts at exactly one. Minibatches are random sets of whole sequences.
+4. **Observation moments.** The model's running observation moments take in the
+   rollout's observations, after the epochs, so that the rollout and every epoch saw
+   the same normalisation.
 
 The gradient is computed in one place, [`eqx_lstm_ac.PPO.grads`][], which averages it
 over a named device axis when one is given (for `shard_map`/`pmap` over environments).
@@ -32,6 +36,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 from ._actor_critic import AbstractActorCritic
 from ._config import PPOConfig
 from ._envs import Environment
+from ._normalize import RunningMoments
 from ._registry import make_model
 from ._rollout import rollout, RolloutState, split_keys, start_rollout, Trajectory
 from ._train_state import shard_train_state, TrainState
@@ -243,9 +248,11 @@ class PPO(eqx.Module):
             kind = "discrete" if env.discrete else "continuous"
             raise ValueError(f"{env.name} has {kind} actions; the model does not.")
         model = eqx.nn.delete_init_state(model)
+        if c.normalize_observations and model.obs_norm is None:
+            model = model.with_obs_norm(RunningMoments((model.obs_dim,)))
         k_env, k_next = jax.random.split(key)
         rs = start_rollout(model, env, c.num_envs, key=k_env, env_params=self.env_params)
-        opt_state = self.optimizer().init(eqx.filter(model, eqx.is_array))
+        opt_state = self.optimizer().init(eqx.filter(model, model.trainable()))
         return TrainState(
             model=model,
             opt_state=opt_state,
@@ -254,6 +261,8 @@ class PPO(eqx.Module):
             obs=rs.obs,
             episode_start=rs.episode_start,
             episode_return=rs.episode_return,
+            discounted_return=jnp.zeros((c.num_envs,), jnp.float32),
+            return_moments=RunningMoments(),
             key=k_next,
             update=jnp.zeros((), jnp.int32),
         )
@@ -295,17 +304,50 @@ class PPO(eqx.Module):
 
     # ------------------------------------------------------------------ update
 
+    def training_rewards(
+        self, ts: TrainState, traj: Trajectory
+    ) -> tuple[TrainState, Float[Array, "T B"]]:
+        """The rewards the advantages and value targets are computed from: times
+        `reward_scale`, and with `normalize_rewards` divided by the running standard
+        deviation of the discounted return (its moments updated with this rollout's
+        returns first).
+
+        **Returns:**
+
+        `(ts, rewards)`: the state with the advanced discounted returns and moments, and
+        the `(T, B)` rewards.
+        """
+        c = self.config
+        rewards = traj.reward * c.reward_scale
+        if not c.normalize_rewards:
+            return ts, rewards
+
+        def discount(ret, inp):
+            reward, done = inp
+            ret = ret * c.gamma + reward
+            return jnp.where(done, 0.0, ret), ret
+
+        acc, returns = jax.lax.scan(discount, ts.discounted_return, (rewards, traj.done))
+        moments = ts.return_moments.update(returns.reshape(-1), self.axis_name)
+        ts = eqx.tree_at(lambda s: (s.discounted_return, s.return_moments), ts, (acc, moments))
+        return ts, rewards / moments.std
+
     def advantages(
-        self, traj: Trajectory, last_value: Float[Array, " B"]
+        self,
+        traj: Trajectory,
+        last_value: Float[Array, " B"],
+        rewards: Float[Array, "T B"] | None = None,
     ) -> tuple[Float[Array, "T B"], Float[Array, "T B"]]:
-        """GAE of a rollout ([`eqx_lstm_ac.compute_gae`][]) on rewards times
-        `reward_scale`: the next values are the following steps' values, the final
-        observation's value where an episode was truncated, and `last_value` after the
-        last step."""
+        """GAE of a rollout ([`eqx_lstm_ac.compute_gae`][]) on `rewards` (the
+        rollout's rewards times `reward_scale` if `None`; see `training_rewards`): the
+        next values are the following steps' values, the final observation's value
+        where an episode was truncated, and `last_value` after the last step."""
+        if rewards is None:
+            rewards = traj.reward * self.config.reward_scale
         next_values = jnp.concatenate([traj.value[1:], last_value[None]], axis=0)
         next_values = jnp.where(traj.truncated, traj.final_value, next_values)
         return compute_gae(
-            traj.reward * self.config.reward_scale,
+            rewards,
             traj.value,
             next_values,
             traj.terminated,
@@ -344,20 +386,30 @@ class PPO(eqx.Module):
         )
 
     def grads(self, model: ActorCritic, batch: Batch) -> tuple[PyTree, dict[str, Array]]:
-        """The gradient of [`eqx_lstm_ac.ppo_loss`][] on one minibatch, averaged over
-        `axis_name` when one is set. The only place gradients are computed."""
-        (_, aux), grads = eqx.filter_value_and_grad(ppo_loss, has_aux=True)(
-            model, batch, self.config
-        )
+        """The gradient of [`eqx_lstm_ac.ppo_loss`][] on one minibatch with respect to
+        the trainable parameters (`model.trainable()`: not the observation moments),
+        averaged over `axis_name` when one is set. The only place gradients are
+        computed."""
+        params, static = eqx.partition(model, model.trainable())
+
+        def loss(params: PyTree) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+            return ppo_loss(eqx.combine(params, static), batch, self.config)
+
+        (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
         if self.axis_name is not None:
             grads = jax.lax.pmean(grads, self.axis_name)
             aux = jax.lax.pmean(aux, self.axis_name)
         return grads, aux
 
     def update(
-        self, ts: TrainState, traj: Trajectory, last_value: Float[Array, " B"]
+        self,
+        ts: TrainState,
+        traj: Trajectory,
+        last_value: Float[Array, " B"],
+        rewards: Float[Array, "T B"] | None = None,
     ) -> tuple[TrainState, dict[str, Array]]:
-        """The PPO epochs on one rollout.
+        """The PPO epochs on one rollout (with the training `rewards`, see
+        `advantages`).
 
         **Returns:**
 
@@ -365,11 +417,11 @@ class PPO(eqx.Module):
         losses and diagnostics averaged over all minibatches.
         """
         c = self.config
-        advantages, targets = self.advantages(traj, last_value)
+        advantages, targets = self.advantages(traj, last_value, rewards)
         batch = self.sequences(traj, advantages, targets)
         n, per = c.num_sequences, c.num_sequences // c.num_minibatches
         optimizer = self.optimizer()
-        params, static = eqx.partition(ts.model, eqx.is_array)
+        params, static = eqx.partition(ts.model, ts.model.trainable())
 
         def minibatches(key: PRNGKeyArray) -> Batch:
             perm = jax.random.permutation(key, n)
@@ -431,7 +483,12 @@ class PPO(eqx.Module):
         if self.axis_name is not None:
             count = jax.lax.psum(count, self.axis_name)
             total = jax.lax.psum(total, self.axis_name)
-        ts, metrics = self.update(ts, traj, last_value)
+        ts, rewards = self.training_rewards(ts, traj)
+        ts, metrics = self.update(ts, traj, last_value, rewards)
+        if self.config.normalize_observations and ts.model.obs_norm is not None:
+            flat = traj.obs.reshape((-1, traj.obs.shape[-1]))
+            moments = ts.model.obs_norm.update(flat, self.axis_name)
+            ts = eqx.tree_at(lambda s: s.model, ts, ts.model.with_obs_norm(moments))
         metrics["episodes"] = count
         metrics["mean_return"] = jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
         step = (ts.update - 1) * self.config.num_epochs * self.config.num_minibatches

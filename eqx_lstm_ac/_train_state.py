@@ -24,14 +24,20 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 from ._actor_critic import AbstractActorCritic
 from ._checkpoint import atomic_write, load, read_npy, save
 from ._config import RunConfig
+from ._normalize import RunningMoments
 from ._parallel import check_num_envs, data_mesh, replicate, shard_batch
 from ._version import __version__
 
 
 class TrainState(eqx.Module):
-    """Everything an update changes: the model, the optimiser's state, the environments
-    and the carry, the random key and the update counter. A pytree of arrays (and the
-    model's static parts), so it can be passed through `jit` and serialised."""
+    """Everything an update changes: the model (with its observation moments), the
+    optimiser's state, the environments and the carry, the reward normaliser's state,
+    the random key and the update counter. A pytree of arrays (and the model's static
+    parts), so it can be passed through `jit` and serialised.
+
+    `discounted_return` is each environment's running discounted return of the
+    training rewards and `return_moments` the moments of all of them so far: the
+    rewards are divided by `return_moments.std` when `normalize_rewards` is on."""
 
     model: AbstractActorCritic
     opt_state: PyTree
@@ -40,6 +46,8 @@ class TrainState(eqx.Module):
     obs: Float[Array, "B obs"]
     episode_start: Bool[Array, " B"]
     episode_return: Float[Array, " B"]
+    discounted_return: Float[Array, " B"]
+    return_moments: RunningMoments
     key: PRNGKeyArray
     update: Int[Array, ""]
 
@@ -73,14 +81,13 @@ def shard_train_state(
     """
     mesh = devices if isinstance(devices, Mesh) else data_mesh(devices)
     check_num_envs(int(ts.obs.shape[0]), mesh)
-    batched = (ts.model_state, ts.env_state, ts.obs, ts.episode_start, ts.episode_return)
-    batched = shard_batch(batched, mesh)
-    shared = replicate((ts.model, ts.opt_state, ts.key, ts.update), mesh)
-    model, opt_state, key, update = shared
-    model_state, env_state, obs, episode_start, episode_return = batched
-    return TrainState(
-        model, opt_state, model_state, env_state, obs, episode_start, episode_return, key, update
-    )
+    batched = ("model_state", "env_state", "obs", "episode_start", "episode_return")
+    batched += ("discounted_return",)
+    placed = {name: shard_batch(getattr(ts, name), mesh) for name in batched}
+    for field in dataclasses.fields(ts):
+        if field.name not in batched:
+            placed[field.name] = replicate(getattr(ts, field.name), mesh)
+    return TrainState(**placed)
 
 
 RUN_FORMAT = 2

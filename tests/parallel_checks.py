@@ -353,6 +353,17 @@ def test_ppo_train_step_on_4_devices_equals_1_device():
     p0 = jtu.tree_leaves(eqx.filter(ts0.model, eqx.is_array))
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(p0, p1, strict=True))
     np.testing.assert_allclose(np.asarray(four.obs), np.asarray(one.obs), rtol=1e-5, atol=1e-6)
+    # the normalisers: the moments of the whole batch on every device
+    assert one.model.obs_norm is not None and four.model.obs_norm is not None
+    assert float(four.model.obs_norm.count) == float(one.model.obs_norm.count) == 2 * 8 * 6
+    for a, b in [
+        (one.model.obs_norm.mean, four.model.obs_norm.mean),
+        (one.model.obs_norm.var, four.model.obs_norm.var),
+        (one.return_moments.var, four.return_moments.var),
+        (one.discounted_return, four.discounted_return),
+    ]:
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    assert_split(four.discounted_return, 0)
     assert_split(four.obs, 0)
     assert_split(four.episode_return, 0)
     carry = four.model.carry(four.model_state)

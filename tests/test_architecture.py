@@ -62,6 +62,7 @@ class EMAActorCritic(lac.AbstractActorCritic):
         )
         self.bij = None if discrete else _lift(action_space or lac.FreeSpace())
         self.carry_index = eqx.nn.StateIndex(self.zero_carry(tuple(carry_shape)))
+        self.obs_norm = None
 
     @property
     def metadata(self):
