@@ -1,9 +1,9 @@
 """Action spaces: bijectors that map an unconstrained Gaussian sample to a valid action.
 
-Every space here keeps its parameters as Python floats. A distrax bijector is a pytree
-whose leaves are the JAX arrays in its `__dict__`; holding floats only, these bijectors
-have no leaves at all, so they ride along inside an `eqx.Module` without interfering
-with `eqx.tree_at`, `eqx.filter_grad` or `eqx.filter_jit`.
+Every space here keeps its parameters as Python floats (or tuples of them). A distrax
+bijector is a pytree whose leaves are the JAX arrays in its `__dict__`; holding floats
+only, these bijectors have no leaves at all, so they ride along inside an `eqx.Module`
+without interfering with `eqx.tree_at`, `eqx.filter_grad` or `eqx.filter_jit`.
 """
 
 import math
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 
@@ -84,73 +85,139 @@ class FreeSpace(ActionSpace):
         return y, jnp.zeros_like(y)
 
 
+Bound = float | tuple[float, ...]
+"""A bound of [`eqx_lstm_ac.BoxSpace`][]: one number for every coordinate, or one per
+coordinate."""
+
+
+def _bound(name: str, value: Any) -> Bound:
+    """`value` as a float or a tuple of floats (hashable, no JAX arrays: see above)."""
+    try:
+        arr = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"BoxSpace needs {name} as a number or a sequence of numbers, got {value!r}."
+        ) from None
+    if arr.ndim > 1 or arr.size == 0:
+        raise ValueError(
+            f"BoxSpace needs {name} as a number or a 1-D sequence, got shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"BoxSpace needs finite bounds, got {name}={value!r}.")
+    return float(arr) if arr.ndim == 0 else tuple(float(v) for v in arr)
+
+
+def _as(value: Bound, like: Array) -> Array:
+    """A bound (or a quantity made from it) broadcast to the shape of `like`."""
+    return jnp.broadcast_to(jnp.asarray(value, like.dtype), like.shape)
+
+
 class BoxSpace(ActionSpace):
     r"""Actions in a box, each coordinate squashed independently:
 
-    $$y = c + h \tanh(x / w), \qquad c = \frac{x_{max} + x_{min}}{2},\quad
+    $$y = c + (1 - \epsilon)\,h \tanh(x / w), \qquad c = \frac{x_{max} + x_{min}}{2},\quad
     h = \frac{x_{max} - x_{min}}{2}.$$
+
+    The factor $1 - \epsilon$ keeps every action inside the box in float32 too, where
+    $\tanh$ rounds to one.
 
     **Arguments:**
 
-    - `x_min`, `x_max`: the bounds of every action coordinate, `x_min < x_max`.
+    - `x_min`, `x_max`: the bounds: numbers (the same for every coordinate), or
+      sequences (or 1-D arrays) with one bound per action coordinate, `x_min < x_max`
+      everywhere. They are kept as Python floats and recorded in checkpoints.
     - `width`: the scale $w$ of the unconstrained variable that maps onto the box.
-    - `eps`: the inverse clips $(y - c)/h$ to $[-1 + \epsilon, 1 - \epsilon]$ so that an
-      action on the boundary still has a finite pre-image. Inside that range the inverse
-      is the exact inverse of the forward map.
+    - `eps`: the shrink factor above; the inverse clips $(y - c)/((1-\epsilon) h)$ to
+      $[-1 + \epsilon, 1 - \epsilon]$ so that an action on the boundary still has a
+      finite pre-image. Inside that range the inverse is the exact inverse of the
+      forward map.
 
     **Raises:**
 
-    `ValueError` if `x_max <= x_min`, `width <= 0` or `eps` is not in `(0, 1)`.
+    `ValueError` if a bound is not a number or a 1-D sequence of finite numbers, the
+    two bounds have different lengths, `x_max <= x_min` anywhere, `width <= 0` or `eps`
+    is not in `(0, 1)`.
     """
 
     kind: ClassVar[str] = "BoxSpace"
 
-    def __init__(self, x_min: float, x_max: float, width: float = 1.0, eps: float = 1e-6):
-        x_min, x_max, width, eps = float(x_min), float(x_max), float(width), float(eps)
-        if not x_max > x_min:
-            raise ValueError(f"BoxSpace needs x_min < x_max, got x_min={x_min}, x_max={x_max}.")
+    def __init__(self, x_min: Any, x_max: Any, width: float = 1.0, eps: float = 1e-6):
+        lo, hi = _bound("x_min", x_min), _bound("x_max", x_max)
+        width, eps = float(width), float(eps)
+        if isinstance(lo, tuple) and isinstance(hi, tuple) and len(lo) != len(hi):
+            raise ValueError(
+                f"BoxSpace needs bounds of one length, got {len(lo)} values of x_min and "
+                f"{len(hi)} of x_max."
+            )
+        if not np.all(np.asarray(hi) > np.asarray(lo)):
+            raise ValueError(f"BoxSpace needs x_min < x_max, got x_min={lo}, x_max={hi}.")
         _require("BoxSpace", width=(width, width > 0, "> 0"), eps=(eps, 0 < eps < 1, "in (0, 1)"))
         super().__init__(event_ndims_in=0)
-        self.x_min = x_min
-        self.x_max = x_max
+        self.x_min = lo
+        self.x_max = hi
         self.width = width
         self.eps = eps
 
     @property
-    def center(self) -> float:
-        return 0.5 * (self.x_max + self.x_min)
+    def size(self) -> int | None:
+        """The number of action coordinates the bounds are for; `None` for numbers,
+        which fit any."""
+        for b in (self.x_min, self.x_max):
+            if isinstance(b, tuple):
+                return len(b)
+        return None
 
     @property
-    def half(self) -> float:
-        return 0.5 * (self.x_max - self.x_min)
+    def center(self) -> Bound:
+        return _combine(self.x_min, self.x_max, lambda a, b: 0.5 * (b + a))
+
+    @property
+    def half(self) -> Bound:
+        return _combine(self.x_min, self.x_max, lambda a, b: 0.5 * (b - a) * (1.0 - self.eps))
 
     def config(self) -> dict[str, Any]:
         return {"x_min": self.x_min, "x_max": self.x_max, "width": self.width, "eps": self.eps}
 
     def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
         z = x / self.width
-        y = self.center + self.half * jnp.tanh(z)
-        return y, math.log(self.half / self.width) + _log_sech2(z)
+        half = _as(self.half, z)
+        y = _as(self.center, z) + half * jnp.tanh(z)
+        # where the shrink is below float32's resolution at a bound, rounding could
+        # still land one ulp outside: the clip only ever moves such a value
+        y = jnp.clip(y, _as(self.x_min, y), _as(self.x_max, y))
+        return y, jnp.log(half / self.width) + _log_sech2(z)
 
     def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
-        u = jnp.clip((y - self.center) / self.half, -1.0 + self.eps, 1.0 - self.eps)
+        half = _as(self.half, y)
+        u = jnp.clip((y - _as(self.center, y)) / half, -1.0 + self.eps, 1.0 - self.eps)
         z = _atanh(u)
-        return self.width * z, -(math.log(self.half / self.width) + _log_sech2(z))
+        return self.width * z, -(jnp.log(half / self.width) + _log_sech2(z))
+
+
+def _combine(a: Bound, b: Bound, f) -> Bound:
+    """`f` of two bounds, element by element (a number with a tuple broadcasts)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return float(f(a, b))
+    out = f(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    return tuple(float(v) for v in np.atleast_1d(out))
 
 
 class MaxNormSpace(ActionSpace):
     r"""Actions in a ball of radius `max_norm`, squashed radially:
 
-    $$y = m \tanh(r)\,\frac{x}{r}, \qquad r = \lVert x \rVert,$$
+    $$y = m' \tanh(r)\,\frac{x}{r}, \qquad r = \lVert x \rVert,\quad
+    m' = (1 - \epsilon)\, m,$$
 
-    so the direction is kept and the length is mapped into $[0, m)$. Its Jacobian has
-    $\log|\det J| = d\log m + \log\operatorname{sech}^2 r + (d - 1)\log(\tanh r / r)$
+    so the direction is kept and the length is mapped into $[0, m')$: inside the ball
+    in float32 too, where $\tanh$ rounds to one. Its Jacobian has
+    $\log|\det J| = d\log m' + \log\operatorname{sech}^2 r + (d - 1)\log(\tanh r / r)$
     for actions of dimension $d$.
 
     **Arguments:**
 
     - `max_norm`: the radius $m > 0$ of the ball.
-    - `eps`: the inverse clips $\lVert y \rVert / m$ to at most $1 - \epsilon$.
+    - `eps`: the shrink factor above; the inverse clips $\lVert y \rVert / m'$ to at
+      most $1 - \epsilon$.
 
     **Raises:**
 
@@ -170,6 +237,12 @@ class MaxNormSpace(ActionSpace):
         self.max_norm = max_norm
         self.eps = eps
 
+    @property
+    def radius(self) -> float:
+        """The radius the actions stay within: `max_norm * (1 - eps)`, inside the ball
+        in float32 too."""
+        return self.max_norm * (1.0 - self.eps)
+
     def config(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm, "eps": self.eps}
 
@@ -181,20 +254,20 @@ class MaxNormSpace(ActionSpace):
         # tanh(r) / r and log(tanh(r) / r), with their Taylor series near 0
         ratio = jnp.where(small, 1.0 - r2 / 3.0, jnp.tanh(r) / r)
         log_ratio = jnp.where(small, -r2 / 3.0, jnp.log(jnp.tanh(r) / r))
-        y = self.max_norm * ratio * x
-        logdet = d * math.log(self.max_norm) + _log_sech2(r) + (d - 1) * log_ratio
-        series = d * math.log(self.max_norm) - r2 - (d - 1) * r2 / 3.0
+        y = self.radius * ratio * x
+        logdet = d * math.log(self.radius) + _log_sech2(r) + (d - 1) * log_ratio
+        series = d * math.log(self.radius) - r2 - (d - 1) * r2 / 3.0
         logdet = jnp.where(small, series, logdet)
         return y, logdet[..., 0]
 
     def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
-        u2 = jnp.sum(y * y, axis=-1, keepdims=True) / self.max_norm**2
+        u2 = jnp.sum(y * y, axis=-1, keepdims=True) / self.radius**2
         small = u2 < 1e-8
         u = jnp.sqrt(jnp.where(small, 1.0, u2))
         u_clip = jnp.minimum(u, 1.0 - self.eps)
         r = _atanh(u_clip)
         # x = y * r / (m u): atanh(u) / u -> 1 + u^2 / 3 near 0
-        scale = jnp.where(small, 1.0 + u2 / 3.0, r / u) / self.max_norm
+        scale = jnp.where(small, 1.0 + u2 / 3.0, r / u) / self.radius
         x = y * scale
         _, logdet = self.forward_and_log_det(x)
         return x, -logdet
@@ -236,6 +309,13 @@ def describe_space(bijector: distrax.Bijector | None) -> dict[str, Any] | None:
     if isinstance(space, ActionSpace):
         return {"type": space.kind, "args": space.config()}
     return {"type": "custom", "class": type(space).__qualname__}
+
+
+def _is_number_or_numbers(v: Any) -> bool:
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return number(v) or (isinstance(v, (list, tuple)) and all(map(number, v)))
 
 
 def space_from_description(
@@ -281,9 +361,7 @@ def space_from_description(
             f"unknown action space {kind!r}; expected one of {sorted(ACTION_SPACES)} or 'custom'."
         )
     args = desc.get("args", {})
-    if not isinstance(args, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()
-    ):
+    if not isinstance(args, dict) or not all(map(_is_number_or_numbers, args.values())):
         raise ValueError(f"bad action_space args {args!r}.")
     try:
         space = ACTION_SPACES[kind](**args)

@@ -49,6 +49,12 @@ def check_options(
             "A discrete (categorical) policy takes no action_space bijector; got "
             f"{action_space!r} with discrete=True."
         )
+    size, actions = getattr(action_space, "size", None), sizes.get("action_space_size")
+    if size is not None and actions is not None and size != actions:
+        raise ValueError(
+            f"The action space {action_space!r} has bounds for {size} coordinates; the "
+            f"model has action_space_size={actions}."
+        )
     if flags.get("discrete") and flags.get("actor_sigma_head"):
         raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
 

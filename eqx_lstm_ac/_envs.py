@@ -16,6 +16,7 @@ import distrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._action_spaces import BoxSpace
@@ -288,6 +289,27 @@ class HideObservation(Environment):
         return self._select(obs), state, reward, terminated, truncated, info
 
 
+def box_space(low: Any, high: Any, shape: tuple[int, ...], name: str) -> BoxSpace:
+    """The [`eqx_lstm_ac.BoxSpace`][] of a 1-D (or scalar) `Box` with bounds `low` and
+    `high` (numbers, or arrays of `shape`): numbers where every coordinate has the same
+    bounds, one bound per coordinate otherwise.
+
+    **Raises:**
+
+    `ValueError` for a Box of more than one axis, or infinite bounds.
+    """
+    if len(shape) > 1:
+        raise ValueError(f"{name}: only a 1-D Box of actions is supported, got shape {shape}.")
+    size = int(shape[0]) if shape else 1
+    lo = np.broadcast_to(np.asarray(low, np.float64), (size,))
+    hi = np.broadcast_to(np.asarray(high, np.float64), (size,))
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError(f"{name}: the action Box must be bounded, got low={lo}, high={hi}.")
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):
+        return BoxSpace(float(lo[0]), float(hi[0]))
+    return BoxSpace(tuple(lo), tuple(hi))
+
+
 class GymnaxEnv(Environment):
     """A gymnax environment as an [`eqx_lstm_ac.Environment`][] (needs the optional
     extra: `pip install 'eqx_lstm_ac[gymnax]'`).
@@ -295,7 +317,9 @@ class GymnaxEnv(Environment):
     Termination and truncation are kept apart: `terminated` is the environment's own
     terminal condition, `truncated` its time limit (`params.max_steps_in_episode`).
     A `Discrete` action space gives a discrete environment; a `Box` gives a continuous
-    one with actions squashed into its bounds by [`eqx_lstm_ac.BoxSpace`][].
+    one with actions squashed into its bounds by [`eqx_lstm_ac.BoxSpace`][] (one bound
+    per coordinate where they differ). Observations of any shape (MinAtar's
+    `10 x 10 x C` images, bsuite's grids) are flattened to vectors of floats.
 
     **Arguments:**
 
@@ -304,7 +328,7 @@ class GymnaxEnv(Environment):
     **Raises:**
 
     `ImportError` if gymnax is not installed; `ValueError` for an unknown name or an
-    unsupported observation or action space.
+    unsupported action space.
     """
 
     env_id: str = eqx.field(static=True)
@@ -313,8 +337,7 @@ class GymnaxEnv(Environment):
     _obs_size: int = eqx.field(static=True)
     _action_size: int = eqx.field(static=True)
     _discrete: bool = eqx.field(static=True)
-    _low: float = eqx.field(static=True)
-    _high: float = eqx.field(static=True)
+    _box: BoxSpace | None = eqx.field(static=True)
 
     def __init__(self, env_id: str):
         try:
@@ -331,37 +354,18 @@ class GymnaxEnv(Environment):
             )
         env, params = gymnax.make(env_id)
         obs_space = env.observation_space(params)
-        if len(obs_space.shape) != 1:
-            raise ValueError(
-                f"{env_id} has observations of shape {obs_space.shape}; only flat (1-D) "
-                "observations are supported."
-            )
         space = env.action_space(params)
         self.env_id = env_id
         self.env = env
         self.params = params
-        self._obs_size = int(obs_space.shape[0])
-        if isinstance(space, spaces.Discrete):
-            self._discrete = True
+        self._obs_size = int(np.prod(obs_space.shape, dtype=np.int64))
+        self._discrete = isinstance(space, spaces.Discrete)
+        if self._discrete:
             self._action_size = int(space.n)
-            self._low = self._high = 0.0
+            self._box = None
         elif isinstance(space, spaces.Box):
-            low, high = jnp.asarray(space.low), jnp.asarray(space.high)
-            if (
-                len(space.shape) > 1
-                or low.size > 1
-                and not (
-                    bool(jnp.all(low == low.ravel()[0])) and bool(jnp.all(high == high.ravel()[0]))
-                )
-            ):
-                raise ValueError(
-                    f"{env_id}: only a flat Box with the same bounds for every coordinate "
-                    "is supported."
-                )
-            self._discrete = False
+            self._box = box_space(space.low, space.high, space.shape, env_id)
             self._action_size = int(space.shape[0]) if space.shape else 1
-            self._low = float(low.ravel()[0])
-            self._high = float(high.ravel()[0])
         else:
             raise ValueError(f"{env_id}: unsupported action space {type(space).__name__}.")
 
@@ -379,7 +383,7 @@ class GymnaxEnv(Environment):
 
     @property
     def action_space(self) -> distrax.Bijector | None:
-        return None if self._discrete else BoxSpace(self._low, self._high)
+        return self._box
 
     @property
     def default_params(self) -> PyTree:
@@ -391,7 +395,7 @@ class GymnaxEnv(Environment):
 
     def reset(self, key: PRNGKeyArray, params: PyTree) -> tuple[Float[Array, " obs"], PyTree]:
         obs, state = self.env.reset_env(key, params)
-        return jnp.asarray(obs, jnp.float32), state
+        return jnp.asarray(obs, jnp.float32).reshape(-1), state
 
     def step(
         self, key: PRNGKeyArray, env_state: PyTree, action: EnvAction, params: PyTree
@@ -402,7 +406,7 @@ class GymnaxEnv(Environment):
             ~jnp.asarray(terminated, bool),
         )
         return (
-            jnp.asarray(obs, jnp.float32),
+            jnp.asarray(obs, jnp.float32).reshape(-1),
             state,
             jnp.asarray(reward, jnp.float32).reshape(()),
             jnp.asarray(terminated, bool).reshape(()),

@@ -126,3 +126,83 @@ def test_spaces_have_no_array_leaves_and_compare_by_value():
         rebuilt = type(space)(**space.config())
         assert rebuilt == space and hash(rebuilt) == hash(space)
     assert lac.BoxSpace(-1.0, 1.0) != lac.BoxSpace(-1.0, 2.0)
+
+
+def test_box_bounds_per_coordinate():
+    space = lac.BoxSpace([-1.0, 0.0, 5.0], np.array([1.0, 0.5, 9.0]))
+    assert space.size == 3 and space.x_min == (-1.0, 0.0, 5.0)
+    lo, hi = np.array(space.x_min), np.array(space.x_max)
+    lifted = lac.LSTMActorCritic(4, 3, 8, 8, action_space=space, key=jax.random.key(0)).bij
+    x = jnp.asarray(np.linspace(-30, 30, 60, dtype=np.float32).reshape(20, 3))
+    y = np.asarray(lifted.forward(x))
+    assert np.all(y >= lo) and np.all(y <= hi)
+    # each coordinate is its own box
+    for i in range(3):
+        one = lac.BoxSpace(space.x_min[i], space.x_max[i])
+        np.testing.assert_allclose(y[:, i], np.asarray(one.forward(x[:, i])), rtol=1e-6)
+    inner = jnp.asarray(lo + (hi - lo) * np.array([0.1, 0.5, 0.9]), jnp.float32)[None]
+    np.testing.assert_allclose(lifted.forward(lifted.inverse(inner)), inner, rtol=1e-5)
+
+
+def test_box_bounds_per_coordinate_are_checked():
+    with pytest.raises(ValueError, match="one length"):
+        lac.BoxSpace([0.0, 0.0], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="x_min < x_max"):
+        lac.BoxSpace([0.0, 2.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="1-D"):
+        lac.BoxSpace(np.zeros((2, 2)), 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        lac.BoxSpace([0.0, -np.inf], 1.0)
+    with pytest.raises(ValueError, match="3 coordinates"):
+        lac.LSTMActorCritic(4, 2, action_space=lac.BoxSpace([0.0] * 3, 1.0), key=jax.random.key(0))
+
+
+def test_box_bounds_per_coordinate_survive_transformations_and_checkpoints(tmp_path):
+    import equinox as eqx
+
+    space = lac.BoxSpace([-2.0, 0.0], [2.0, 0.1])
+    model = lac.MLPActorCritic(3, 2, 8, 8, action_space=space, key=jax.random.key(0))
+    assert jax.tree.leaves(space) == []  # no arrays: nothing for grad, jit or tree_at
+    moved = eqx.tree_at(lambda m: m.critic.bias, model, model.critic.bias + 1.0)
+    assert moved.action_space == space
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(m, x):
+        (pi, value), _ = m(x, m.init_state((4,)))
+        return jnp.sum(pi.log_prob(jnp.full((4, 2), 0.05))) + jnp.sum(value)
+
+    g = grad(model, jnp.ones((4, 3)))
+    assert np.isfinite(np.asarray(g.actor_mu.weight)).all()
+    lac.save(tmp_path / "m.eqx", model)
+    loaded = lac.load(tmp_path / "m.eqx")
+    assert loaded.action_space == space and loaded.action_space.x_max == (2.0, 0.1)
+    assert lac.read_header(tmp_path / "m.eqx")["metadata"]["action_space"]["args"]["x_max"] == [
+        2.0,
+        0.1,
+    ]
+
+
+@pytest.mark.parametrize(
+    "space", [lac.BoxSpace(0.1, 0.7), lac.BoxSpace([-1e-3, 3.0], [7e-3, 3.3]), lac.BoxSpace(-2, 2)]
+)
+def test_box_actions_never_leave_the_box_in_float32(space):
+    lifted = lac.MLPActorCritic(3, 2, 8, 8, action_space=space, key=jax.random.key(0)).bij
+    x = jnp.asarray([[1e3, -1e3], [40.0, -40.0], [17.0, 9.5], [-9.5, 17.0]], jnp.float32)
+    y = np.asarray(lifted.forward(x))
+    assert y.dtype == np.float32
+    lo = np.broadcast_to(np.asarray(space.x_min, np.float32), (2,))
+    hi = np.broadcast_to(np.asarray(space.x_max, np.float32), (2,))
+    assert np.all(y >= lo) and np.all(y <= hi)
+    # on the boundary the inverse still gives a finite pre-image
+    assert np.all(np.isfinite(np.asarray(lifted.inverse(jnp.asarray(y)))))
+
+
+@pytest.mark.parametrize("m", [1.0, 0.3, 7.0])
+def test_ball_actions_never_leave_the_ball_in_float32(m):
+    space = lac.MaxNormSpace(m)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(512, 3)) * 50.0, jnp.float32)
+    y = np.asarray(space.forward(x))
+    assert y.dtype == np.float32
+    assert np.all(np.linalg.norm(y.astype(np.float32), axis=-1) <= np.float32(m))

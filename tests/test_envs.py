@@ -115,3 +115,31 @@ def test_gymnax_pendulum_is_continuous():
     assert (env.observation_size, env.action_size, env.discrete) == (3, 1, False)
     space = env.action_space
     assert isinstance(space, lac.BoxSpace) and (space.x_min, space.x_max) == (-2.0, 2.0)
+
+
+def test_box_space_of_a_box():
+    same = lac.GymnaxEnv.__module__  # the adapter's helper lives beside it
+    from eqx_lstm_ac._envs import box_space
+
+    assert same == "eqx_lstm_ac._envs"
+    assert box_space(-2.0, 2.0, (3,), "t") == lac.BoxSpace(-2.0, 2.0)
+    per = box_space(np.array([-1.0, 0.0]), np.array([1.0, 5.0]), (2,), "t")
+    assert per == lac.BoxSpace([-1.0, 0.0], [1.0, 5.0])
+    with pytest.raises(ValueError, match="1-D Box"):
+        box_space(0.0, 1.0, (2, 2), "t")
+    with pytest.raises(ValueError, match="bounded"):
+        box_space(-np.inf, 1.0, (2,), "t")
+
+
+def test_gymnax_grid_observations_are_flattened():
+    pytest.importorskip("gymnax")
+    env = lac.make_env("gymnax:Catch-bsuite")
+    assert env.observation_size == 50  # a 10 x 5 grid
+    obs, state = env.reset(jax.random.key(0), env.default_params)
+    assert obs.shape == (50,) and obs.dtype == jnp.float32
+    with jax.numpy_dtype_promotion("standard"):
+        obs, *_ = env.step(jax.random.key(1), state, jnp.asarray(1), env.default_params)
+    assert obs.shape == (50,)
+    model = lac.make_model(env, "lstm", hidden_features=8, features=8, key=jax.random.key(0))
+    (_, value), _ = model(obs, model.init_state())
+    assert value.shape == (1,)
