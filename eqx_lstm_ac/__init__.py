@@ -50,7 +50,9 @@ from ._ppo import (
     compute_gae as compute_gae,
     PPO as PPO,
     ppo_loss as ppo_loss,
+    stack as stack,
     train as train,
+    unstack as unstack,
 )
 from ._registry import make_model as make_model, model_class as model_class, MODELS as MODELS
 from ._rollout import (

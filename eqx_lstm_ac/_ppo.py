@@ -25,7 +25,7 @@ over a named device axis when one is given (for `shard_map`/`pmap` over environm
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import equinox as eqx
 import jax
@@ -496,16 +496,86 @@ class PPO(eqx.Module):
             metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
         return ts, metrics
 
+    def init_seeds(
+        self, seeds: Sequence[int], make: Callable[..., ActorCritic]
+    ) -> TrainState:
+        """The stacked initial training states of the runs with `seeds`, each exactly
+        the state a run with that seed alone starts from: the model `make(key=k_model)`
+        and `self.init(model, key=k_init)`, with `k_model, k_init` split from
+        `jax.random.key(seed)`."""
+        states = []
+        for seed in seeds:
+            k_model, k_init = jax.random.split(jax.random.key(seed))
+            states.append(self.init(make(key=k_model), key=k_init))
+        return stack(states)
 
+    @eqx.filter_jit
+    def train_steps(self, ts: TrainState) -> tuple[TrainState, dict[str, Array]]:
+        """One update of several independent runs at once, compiled as one program:
+        `ts` holds one training state per seed, stacked along a leading axis
+        ([`eqx_lstm_ac.stack`][]), and `train_step` is `vmap`ped over it.
+
+        **Returns:**
+
+        `(ts, metrics)`: the new stacked state and every metric of `train_step` with a
+        leading axis over the runs.
+        """
+        return eqx.filter_vmap(self.train_step)(ts)
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stack pytrees of one structure along a new leading axis: their arrays are
+    stacked, everything else (a model's static parts) is taken from the first.
+
+    The inverse of [`eqx_lstm_ac.unstack`][]. Used to run several seeds in one program
+    (see [`eqx_lstm_ac.PPO.train_steps`][]).
+    """
+    arrays = [eqx.filter(t, eqx.is_array) for t in trees]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *arrays)
+    return eqx.combine(stacked, eqx.filter(trees[0], eqx.is_array, inverse=True))
+
+
+def unstack(tree: PyTree, i: int) -> PyTree:
+    """Member `i` of a stack made by [`eqx_lstm_ac.stack`][]."""
+    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
+
+
+@overload
 def train(
     env: Environment,
     config: PPOConfig,
     model: ActorCritic | None = None,
     *,
     key: PRNGKeyArray,
+    seeds: None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     devices: int | Sequence[Any] | None = None,
-) -> tuple[ActorCritic, list[dict[str, float]]]:
+) -> tuple[ActorCritic, list[dict[str, float]]]: ...
+
+
+@overload
+def train(
+    env: Environment,
+    config: PPOConfig,
+    model: ActorCritic | None = None,
+    *,
+    key: None = None,
+    seeds: Sequence[int],
+    callback: Callable[[int, dict[str, list[float]]], None] | None = None,
+    devices: None = None,
+) -> tuple[list[ActorCritic], list[list[dict[str, float]]]]: ...
+
+
+def train(
+    env: Environment,
+    config: PPOConfig,
+    model: ActorCritic | None = None,
+    *,
+    key: PRNGKeyArray | None = None,
+    seeds: Sequence[int] | None = None,
+    callback: Callable[[int, Any], None] | None = None,
+    devices: int | Sequence[Any] | None = None,
+) -> Any:
     """Train with PPO for `config.num_updates` updates: the whole loop in one call.
 
     **Arguments:**
@@ -515,17 +585,52 @@ def train(
     - `model`: the model to train; an [`eqx_lstm_ac.LSTMActorCritic`][] from
       [`eqx_lstm_ac.make_model`][] if `None`.
     - `key`: a `jax.random.key`. (Keyword only.)
+    - `seeds`: instead of `key`, train one run per seed, all in one compiled program
+      (`jax.vmap` over the runs, see [`eqx_lstm_ac.PPO.train_steps`][]); each run
+      equals the run with `key=jax.random.key(seed)` (up to floating-point rounding).
+      With `model`, every run starts from it.
     - `callback`: called after every update with the environment steps so far and the
-      update's metrics.
+      update's metrics (with `seeds`: lists of values, one per run).
     - `devices`: how many local devices to train on (the environments are split over
       them, see [`eqx_lstm_ac.shard_train_state`][]), a list of devices, or `None` for
-      all local devices. `config.num_envs` must divide by their number.
+      all local devices. `config.num_envs` must divide by their number. Not with
+      `seeds`.
 
     **Returns:**
 
     `(model, history)`: the trained model and one dict of metrics per update (with
-    `env_steps`).
+    `env_steps`). With `seeds`: `(models, histories)`, a list of each, one per seed.
+
+    **Raises:**
+
+    `ValueError` unless exactly one of `key` and `seeds` is given, for an empty
+    `seeds`, or `devices` with `seeds`.
     """
+    ppo = PPO(config, env)
+    if (key is None) == (seeds is None):
+        raise ValueError("train needs either key= or seeds=, not both or neither.")
+    if seeds is not None:
+        if len(seeds) == 0 or devices is not None:
+            raise ValueError(
+                f"train(seeds=...) needs at least one seed and no devices; got seeds="
+                f"{list(seeds)}, devices={devices!r}."
+            )
+
+        def make(key: PRNGKeyArray) -> ActorCritic:
+            return make_model(env, "lstm", key=key) if model is None else model
+
+        ts = ppo.init_seeds(seeds, make)
+        histories: list[list[dict[str, float]]] = [[] for _ in seeds]
+        for i in range(config.num_updates):
+            ts, metrics = ppo.train_steps(ts)
+            values = jax.device_get(metrics)
+            steps = float((i + 1) * config.steps_per_update)
+            for j, history in enumerate(histories):
+                history.append({**{n: float(v[j]) for n, v in values.items()}, "env_steps": steps})
+            if callback is not None:
+                callback(int(steps), {n: [h[-1][n] for h in histories] for n in values})
+        return [unstack(ts, j).model for j in range(len(seeds))], histories
+    assert key is not None
     k_model, k_init = jax.random.split(key)
     if model is None:
         model = make_model(env, "lstm", key=k_model)
