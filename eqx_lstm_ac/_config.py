@@ -11,6 +11,10 @@ import dataclasses
 from typing import Any, Literal
 
 
+DEFAULT_BPTT = 32
+"""The longest training sequence `PPOConfig.bptt_chunk=None` picks."""
+
+
 def option(default: Any, help: str, *, flag: str | None = None, fixed: bool = False) -> Any:
     """A dataclass field with its command-line `flag` (default: the field's name with
     dashes), its `help` text, and whether it is `fixed` for a run (resuming with another
@@ -50,14 +54,15 @@ class PPOConfig:
     - `num_envs`: environments stepped in parallel.
     - `num_steps`: rollout length per environment and update.
     - `total_steps`: the budget in environment steps; the number of updates is
-      `total_steps // (num_envs * num_steps)` (at least one) and sets the length of the
-      learning-rate schedule.
+      `total_steps // (num_envs * num_steps)`, at least one (a smaller budget is
+      refused), and sets the length of the learning-rate schedule.
     - `num_epochs`: passes over each rollout.
     - `num_minibatches`: minibatches per epoch; each holds
       `num_envs * (num_steps // bptt_chunk) / num_minibatches` whole sequences.
     - `bptt_chunk`: truncated BPTT length: the rollout is cut into sequences of this many
-      steps, each started from the carry stored at its first step. `None` (default):
-      one sequence per environment, the whole rollout.
+      steps, each started from the carry stored at its first step; `num_steps` for
+      whole rollouts. `None` (default): the largest divisor of `num_steps` up to
+      `DEFAULT_BPTT` (32).
     - `gamma`, `gae_lambda`: discount and GAE parameter.
     - `reward_scale`: rewards are multiplied by this for the advantages and value
       targets (not in the reported returns); a fixed factor, which the reward
@@ -87,10 +92,11 @@ class PPOConfig:
     num_steps: int = option(128, "rollout length per environment and update", fixed=True)
     total_steps: int = option(2_000_000, "environment steps to train for")
     num_epochs: int = option(4, "PPO epochs per rollout", flag="epochs", fixed=True)
-    num_minibatches: int = option(4, "minibatches per epoch", flag="minibatches", fixed=True)
+    num_minibatches: int = option(8, "minibatches per epoch", flag="minibatches", fixed=True)
     bptt_chunk: int | None = option(
         None,
-        "truncated BPTT length, a divisor of --num-steps (default: the whole rollout)",
+        "truncated BPTT length, a divisor of --num-steps (default: the largest divisor up "
+        "to 32)",
         flag="bptt",
         fixed=True,
     )
@@ -124,13 +130,12 @@ class PPOConfig:
 
     def __post_init__(self):
         _check_positive_ints(self, ("num_envs", "num_steps", "num_epochs", "num_minibatches"))
-        if (
-            not isinstance(self.total_steps, int)
-            or isinstance(self.total_steps, bool)
-            or self.total_steps < 0
-        ):
+        if not isinstance(self.total_steps, int) or isinstance(self.total_steps, bool):
+            raise ValueError(f"total_steps must be an integer, got {self.total_steps!r}.")
+        if self.total_steps < self.steps_per_update:
             raise ValueError(
-                f"total_steps must be a non-negative integer, got {self.total_steps!r}."
+                f"total_steps={self.total_steps} is less than one update (num_envs x "
+                f"num_steps = {self.steps_per_update} environment steps)."
             )
         chunk = self.sequence_length
         if not isinstance(chunk, int) or chunk < 1 or self.num_steps % chunk != 0:
@@ -166,8 +171,12 @@ class PPOConfig:
 
     @property
     def sequence_length(self) -> int:
-        """The length of a training sequence: `bptt_chunk`, or `num_steps`."""
-        return self.num_steps if self.bptt_chunk is None else self.bptt_chunk
+        """The length of a training sequence: `bptt_chunk`, or the largest divisor of
+        `num_steps` up to `DEFAULT_BPTT`."""
+        if self.bptt_chunk is not None:
+            return self.bptt_chunk
+        n = self.num_steps
+        return max(d for d in range(1, min(n, DEFAULT_BPTT) + 1) if n % d == 0)
 
     @property
     def num_sequences(self) -> int:
@@ -181,8 +190,8 @@ class PPOConfig:
 
     @property
     def num_updates(self) -> int:
-        """Updates in the budget (at least one)."""
-        return max(1, self.total_steps // self.steps_per_update)
+        """Updates in the budget: `total_steps // steps_per_update`, at least one."""
+        return self.total_steps // self.steps_per_update
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict."""
@@ -212,8 +221,8 @@ class ModelConfig:
     """
 
     model: str = option("lstm", "the model: lstm, or the feed-forward baseline mlp", fixed=True)
-    hidden_features: int = option(32, "encoder width", flag="hidden", fixed=True)
-    features: int = option(32, "LSTM size, or the MLP's second layer", fixed=True)
+    hidden_features: int = option(64, "encoder width", flag="hidden", fixed=True)
+    features: int = option(64, "LSTM size, or the MLP's second layer", fixed=True)
     activation: str = option("gelu", "encoder activation", fixed=True)
 
     def __post_init__(self):
@@ -330,7 +339,21 @@ def settable_fields() -> list[tuple[str, dataclasses.Field]]:
 def with_settings(
     base: RunConfig, settings: dict[str, Any], *, resuming: bool = False
 ) -> RunConfig:
-    """`base` with `settings` (`{path: value}`, paths as in `settable_fields`) applied.
+    """`base` with `settings` applied: `{path: value}`, each path a field of
+    [`eqx_lstm_ac.RunConfig`][] (`"env"`, `"seed"`, ...), of its
+    [`eqx_lstm_ac.ModelConfig`][] (`"model.hidden_features"`) or of its
+    [`eqx_lstm_ac.PPOConfig`][] (`"ppo.total_steps"`). Every value is checked as the
+    constructors check it.
+
+    !!! example
+        ```python
+        import eqx_lstm_ac as lac
+
+        config = lac.with_settings(
+            lac.RunConfig(), {"env": "memory:delay=8", "ppo.learning_rate": 1e-3}
+        )
+        assert config.ppo.learning_rate == 1e-3
+        ```
 
     **Raises:**
 

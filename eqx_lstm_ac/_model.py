@@ -42,7 +42,8 @@ def _init_cell(key: PRNGKeyArray, input_size: int, hidden_size: int) -> eqx.nn.L
     weights, an orthogonal recurrent block per gate, zero bias."""
     k_cell, k_ih, k_hh = jax.random.split(key, 3)
     cell = eqx.nn.LSTMCell(input_size, hidden_size, key=k_cell)
-    w_ih = jax.random.normal(k_ih, (4 * hidden_size, input_size)) / math.sqrt(input_size)
+    w_ih = jax.random.normal(k_ih, (4 * hidden_size, input_size), jnp.float32)
+    w_ih = w_ih / math.sqrt(input_size)
     orth = jax.nn.initializers.orthogonal()
     w_hh = jnp.concatenate(
         [orth(k, (hidden_size, hidden_size), jnp.float32) for k in jax.random.split(k_hh, 4)]

@@ -11,8 +11,8 @@ One update ([`eqx_lstm_ac.PPO.train_step`][]) is a rollout followed by PPO epoch
    running standard deviation of the discounted return), bootstrapping from the value
    of the final observation when an episode was truncated (time limit) and from
    nothing when it terminated; the carry is reset after both.
-3. **Epochs.** The rollout is cut into sequences of `bptt_chunk` steps (the whole
-   rollout by default); each sequence keeps one environment's steps together and starts
+3. **Epochs.** The rollout is cut into sequences of `sequence_length` steps (32 by
+   default); each sequence keeps one environment's steps together and starts
    from the carry stored at its first step, with the stored `episode_start` flags, so the
    recomputed log-probabilities of the first epoch equal the rollout's: the probability
    ratio starts at exactly one. Minibatches are random sets of whole sequences.
@@ -476,7 +476,8 @@ class PPO(eqx.Module):
         `(ts, metrics)`: the new state and scalar metrics: `mean_return` (of the
         episodes finished in this rollout; NaN if none), `episodes`, the losses,
         `entropy`, `approx_kl`, `clip_fraction`, `first_ratio` (the mean probability
-        ratio of the first minibatch, one up to rounding) and `learning_rate`.
+        ratio of the first minibatch, one up to rounding), `learning_rate`, and
+        `finite`: 1 if the loss and every parameter after the update are finite, else 0.
         """
         ts, traj, last_value, episodes = self.rollout(ts)
         count, total = episodes["count"], episodes["sum"]
@@ -491,23 +492,29 @@ class PPO(eqx.Module):
             ts = eqx.tree_at(lambda s: s.model, ts, ts.model.with_obs_norm(moments))
         metrics["episodes"] = count
         metrics["mean_return"] = jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+        params = jax.tree.leaves(eqx.filter(ts.model, eqx.is_inexact_array))
+        finite = jnp.isfinite(metrics["loss"]) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(p)) for p in params])
+        )
+        metrics["finite"] = jnp.where(finite, 1.0, 0.0)
         step = (ts.update - 1) * self.config.num_epochs * self.config.num_minibatches
         with jax.numpy_dtype_promotion("standard"):
             metrics["learning_rate"] = jnp.asarray(self.learning_rate()(step), jnp.float32)
         return ts, metrics
 
+    def init_seed(self, seed: int, make: Callable[..., ActorCritic]) -> TrainState:
+        """The initial training state of the run with `seed`: the model
+        `make(key=k_model)` and `self.init(model, key=k_init)`, with `k_model, k_init`
+        split from `jax.random.key(seed)`. What [`eqx_lstm_ac.fit`][] starts from."""
+        k_model, k_init = jax.random.split(jax.random.key(seed))
+        return self.init(make(key=k_model), key=k_init)
+
     def init_seeds(
         self, seeds: Sequence[int], make: Callable[..., ActorCritic]
     ) -> TrainState:
-        """The stacked initial training states of the runs with `seeds`, each exactly
-        the state a run with that seed alone starts from: the model `make(key=k_model)`
-        and `self.init(model, key=k_init)`, with `k_model, k_init` split from
-        `jax.random.key(seed)`."""
-        states = []
-        for seed in seeds:
-            k_model, k_init = jax.random.split(jax.random.key(seed))
-            states.append(self.init(make(key=k_model), key=k_init))
-        return stack(states)
+        """The stacked initial training states of the runs with `seeds`
+        ([`eqx_lstm_ac.PPO.init_seed`][] of each), for `train_steps`."""
+        return stack([self.init_seed(seed, make) for seed in seeds])
 
     @eqx.filter_jit
     def train_steps(self, ts: TrainState) -> tuple[TrainState, dict[str, Array]]:

@@ -178,11 +178,12 @@ def test_training_beats_the_untrained_policy():
 def test_config_validation():
     with pytest.raises(ValueError, match="divisor"):
         lac.PPOConfig(num_steps=16, bptt_chunk=5)
-    with pytest.raises(ValueError, match="non-negative"):
-        lac.PPOConfig(total_steps=-1)
+    for budget in (-1, 0, 64 * 128 - 1):
+        with pytest.raises(ValueError, match="less than one update"):
+            lac.PPOConfig(total_steps=budget)
     with pytest.raises(ValueError, match="does not divide"):
-        lac.PPOConfig(num_envs=6, num_minibatches=4)
-    config = lac.PPOConfig(num_envs=4, num_steps=8, total_steps=100)
+        lac.PPOConfig(num_envs=6, num_steps=32, num_minibatches=4)  # 6 sequences of 32
+    config = lac.PPOConfig(num_envs=4, num_steps=8, num_minibatches=2, total_steps=100)
     assert config.num_updates == 3
     assert lac.PPOConfig.from_dict(config.to_dict()) == config
 
