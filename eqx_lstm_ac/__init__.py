@@ -13,7 +13,13 @@ from ._action_spaces import (
 from ._actor_critic import AbstractActorCritic as AbstractActorCritic
 from ._baseline import MLPActorCritic as MLPActorCritic
 from ._checkpoint import load as load, read_header as read_header, save as save
-from ._config import ModelConfig as ModelConfig, PPOConfig as PPOConfig, RunConfig as RunConfig
+from ._cli import cli as cli
+from ._config import (
+    ModelConfig as ModelConfig,
+    PPOConfig as PPOConfig,
+    RunConfig as RunConfig,
+    with_settings as with_settings,
+)
 from ._distributions import (
     CategoricalPolicy as CategoricalPolicy,
     expected_log_det as expected_log_det,
@@ -21,11 +27,13 @@ from ._distributions import (
 )
 from ._envs import (
     Environment as Environment,
+    ENVIRONMENTS as ENVIRONMENTS,
     GymnaxEnv as GymnaxEnv,
     HideObservation as HideObservation,
     make_env as make_env,
     MemoryState as MemoryState,
     MemoryTask as MemoryTask,
+    register_env as register_env,
 )
 from ._heads import (
     ACTIVATIONS as ACTIVATIONS,
@@ -64,11 +72,12 @@ from ._rollout import (
     Trajectory as Trajectory,
 )
 from ._run import (
+    DivergenceError as DivergenceError,
     fit as fit,
     FitResult as FitResult,
     resume as resume,
-    RunDir as RunDir,
 )
+from ._run_dir import RunDir as RunDir
 from ._train_state import (
     load_train_state as load_train_state,
     save_train_state as save_train_state,

@@ -299,16 +299,36 @@ def _unlift(bijector: distrax.Bijector) -> distrax.Bijector:
     return bijector
 
 
-def describe_space(bijector: distrax.Bijector | None) -> dict[str, Any] | None:
+def _probe(bijector: distrax.Bijector, size: int) -> list[float]:
+    """What the lifted `bijector` makes of a fixed vector of `size` actions: a
+    fingerprint of a user-defined space, which a file cannot rebuild."""
+    x = jnp.linspace(-1.5, 1.5, size, dtype=jnp.float32)
+    y = _lift(_unlift(bijector)).forward(x)
+    try:
+        values = np.asarray(y)
+    except jax.errors.TracerArrayConversionError:  # inside a trace (`eval_shape`): no values
+        return []
+    return [float(v) for v in values.reshape(-1)]
+
+
+def describe_space(
+    bijector: distrax.Bijector | None, size: int | None = None
+) -> dict[str, Any] | None:
     """How a checkpoint names an action space: `{"type": kind, "args": config}` for a
     space of [`eqx_lstm_ac.ACTION_SPACES`][], `{"type": "custom", "class": name}` for a
-    user-defined bijector (which a file cannot rebuild), `None` for none (discrete)."""
+    user-defined bijector (which a file cannot rebuild), `None` for none (discrete).
+    With the number of action coordinates `size`, a user-defined space's description
+    also holds `probe`, its actions for a fixed input, so that loading can tell a
+    different space of the same class."""
     if bijector is None:
         return None
     space = _unlift(bijector)
     if isinstance(space, ActionSpace):
         return {"type": space.kind, "args": space.config()}
-    return {"type": "custom", "class": type(space).__qualname__}
+    desc: dict[str, Any] = {"type": "custom", "class": type(space).__qualname__}
+    if size is not None:
+        desc["probe"] = _probe(space, size)
+    return desc
 
 
 def _is_number_or_numbers(v: Any) -> bool:
@@ -355,6 +375,15 @@ def space_from_description(
                 f"the model was saved with the action space {name!r}; got "
                 f"{type(_unlift(given)).__qualname__!r}."
             )
+        probe = desc.get("probe")
+        if isinstance(probe, list) and probe and all(map(_is_number_or_numbers, probe)):
+            got = _probe(given, len(probe))
+            if got and not np.allclose(got, probe, rtol=1e-5, atol=1e-6):
+                raise ValueError(
+                    f"the action space given, {given!r}, maps actions differently from the "
+                    f"{name} the model was saved with (for a fixed input it gives "
+                    f"{np.round(got, 4).tolist()}, the saved one {np.round(probe, 4).tolist()})."
+                )
         return given
     if kind not in ACTION_SPACES:
         raise ValueError(

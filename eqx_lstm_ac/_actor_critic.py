@@ -231,8 +231,11 @@ class AbstractActorCritic(eqx.Module):
     # ------------------------------------------------------------------ inputs
 
     def inputs(self, x: Float[Array, "*batch obs"]) -> Float[Array, "*batch obs"]:
-        """The observations as the torso sees them: normalised by `obs_norm` (no
-        gradient flows into it), or unchanged without one."""
+        """The observations as the torso sees them: in the parameters' dtype (float64
+        observations under `jax_enable_x64`, integer or boolean ones become float32 for
+        a float32 model), and normalised by `obs_norm` (no gradient flows into it) if
+        the model has one."""
+        x = jnp.asarray(x, self.critic.weight.dtype)
         return x if self.obs_norm is None else self.obs_norm.normalize(x)
 
     def with_obs_norm(self, obs_norm: RunningMoments | None) -> "AbstractActorCritic":
@@ -541,7 +544,7 @@ def metadata_of(model: AbstractActorCritic, **sizes: Any) -> dict[str, Any]:
         "observation_space_size": model.obs_dim,
         "action_space_size": model.action_dim,
         **sizes,
-        "action_space": describe_space(model.bij),
+        "action_space": describe_space(model.bij, model.action_dim),
         "discrete": model.discrete,
         **({} if model.obs_norm is None else {"normalize_observations": True}),
     }

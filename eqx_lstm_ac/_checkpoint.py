@@ -27,6 +27,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
+from ._action_spaces import space_from_description
 from ._actor_critic import AbstractActorCritic
 from ._registry import model_class, MODELS
 from ._version import __version__
@@ -174,6 +175,9 @@ def _abstract_model(
     name = header.get("model", "LSTMActorCritic")
     try:
         cls = model_class(name if isinstance(name, str) else repr(name))
+        metadata = header["metadata"]
+        if isinstance(metadata, dict):  # checked here, eagerly: a user's space is traced below
+            space_from_description(metadata.get("action_space"), action_space)
         return eqx.filter_eval_shape(
             cls.from_metadata,
             header["metadata"],

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,7 +25,9 @@ from ._config import flag_of, RunConfig, settable_fields, with_settings
 from ._envs import make_env
 from ._registry import MODELS
 from ._rollout import evaluate_policy
-from ._run import fit, FitResult, memory_task, read_checkpoint_config, RunDir
+from ._run import DivergenceError, fit, FitResult, resume
+from ._run_dir import memory_task, RunDir
+from ._train_state import read_checkpoint_config
 from ._version import __version__
 
 
@@ -75,6 +78,13 @@ def _budget(text: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"the budget must not be negative, got {int(number)}")
     return int(number)
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    seeds = tuple(_seed(part) for part in text.split(","))
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def _float(text: str) -> float:
@@ -131,9 +141,10 @@ def _add_setting(group, path: str, field: dataclasses.Field) -> None:
         kwargs["choices"] = tuple(MODELS)
     else:
         kwargs["type"] = _SPECIAL.get(path) or _BY_TYPE[field.type]
-    group.add_argument(
-        f"--{flag_of(field)}", help=f"{field.metadata['help']} (default {shown})", **kwargs
-    )
+    text = field.metadata["help"]
+    if "(default" not in text:
+        text = f"{text} (default {shown})"
+    group.add_argument(f"--{flag_of(field)}", help=text, **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
         _add_setting(groups[section], path, field)
     g = groups[""]
     g.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="train one run per seed, e.g. 0,1,2,3, all in one compiled program: a "
+        "directory per seed and a plot of their mean (instead of --seed)",
+    )
+    g.add_argument(
         "--devices",
         type=int,
         default=None,
@@ -181,6 +199,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     g.add_argument("--no-plot", action="store_true", help="skip the learning-curve PNG")
+    g.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "write TensorBoard events to tensorboard/ of the run directory (default: when "
+            "the tensorboard extra is installed)"
+        ),
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ev = sub.add_parser(
@@ -235,9 +262,10 @@ def _progress(total: int, initial: int, quiet: bool):
     )
 
 
-def _default_out(config: RunConfig) -> Path:
+def _default_out(config: RunConfig, seeds: Sequence[int] | None) -> Path:
     """A fresh directory under `runs/`, never one that holds anything."""
-    stem = Path("runs") / _slug(f"{config.env}-{config.model.model}-s{config.seed}")
+    who = f"s{config.seed}" if seeds is None else "seeds" + "-".join(map(str, seeds))
+    stem = Path("runs") / _slug(f"{config.env}-{config.model.model}-{who}")
     path, n = stem, 1
     while path.exists():
         n += 1
@@ -245,69 +273,138 @@ def _default_out(config: RunConfig) -> Path:
     return path
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     given = _given_settings(args)
-    resume_from: Path | None = None
-    if args.resume is not None:
-        if args.resume == "" and args.out is None:
-            raise CLIError("--resume without a PATH needs --out (the run directory to resume).")
-        run, resume_from = RunDir.find(args.resume or args.out)
-        if args.out is not None and Path(args.out).resolve() != run.path.resolve():
-            raise CLIError(
-                f"--out {args.out} differs from the run directory {run.path} of the "
-                "checkpoint; leave --out out when resuming."
-            )
-        config = with_settings(read_checkpoint_config(resume_from), given, resuming=True)
-        out = run.path
-    else:
-        config = with_settings(RunConfig(), given)
-        out = Path(args.out) if args.out is not None else _default_out(config)
+    if args.seeds is not None and "seed" in given:
+        raise CLIError("Give --seed or --seeds, not both.")
+    if args.seeds is not None and args.devices is not None:
+        raise CLIError("--seeds trains on one device; leave --devices out.")
     if args.devices is not None and not 1 <= args.devices <= jax.local_device_count():
         raise CLIError(
             f"--devices must be between 1 and the {jax.local_device_count()} local "
             f"device(s); got {args.devices}."
         )
-    per_update = config.ppo.steps_per_update
+    if args.resume is not None:
+        if args.resume == "" and args.out is None:
+            raise CLIError("--resume without a PATH needs --out (the run directory to resume).")
+        if args.seeds is not None:
+            raise CLIError("--seeds starts a group; --resume continues one without it.")
+        target = Path(args.resume or args.out)
+        if args.out is not None and args.resume:
+            run_path = target.parent.parent if (target / "trainer.json").is_file() else target
+            if Path(args.out).resolve() != run_path.resolve():
+                raise CLIError(
+                    f"--out {args.out} differs from the run directory {run_path} of the "
+                    "checkpoint; leave --out out when resuming."
+                )
+        config, out = None, target
+    else:
+        config = with_settings(RunConfig(), given)
+        out = Path(args.out) if args.out is not None else _default_out(config, args.seeds)
     state: dict[str, Any] = {"bar": None, "last": float("nan")}
 
     def on_start(start: int, num_updates: int) -> None:
+        c = state["config"]
+        per_update = c.ppo.steps_per_update
+        who = "" if args.seeds is None else f", seeds {','.join(map(str, args.seeds))} at once"
         print(
-            f"{PROG}: training {config.env} with {config.model.model} for "
+            f"{PROG}: training {c.env} with {c.model.model}{who} for "
             f"{num_updates * per_update:_} steps ({num_updates} updates of "
-            f"{config.ppo.num_envs} envs x {config.ppo.num_steps} steps)"
+            f"{c.ppo.num_envs} envs x {c.ppo.num_steps} steps)"
             + (f", resuming at update {start}" if start else "")
             + "; compiling...",
             file=sys.stderr,
             flush=True,
         )
         state["bar"] = _progress(num_updates * per_update, start * per_update, args.quiet)
-        state["updates"] = num_updates
+        state["updates"], state["per_update"] = num_updates, per_update
 
     def on_update(row: dict[str, Any]) -> None:
         if row["mean_return"] is not None:
             state["last"] = row["mean_return"]
         bar = state["bar"]
         if bar is not None:
-            bar.update(per_update)
+            bar.update(state["per_update"])
             bar.set_postfix_str(
                 f"return {state['last']:.3f}, update {row['update']}/{state['updates']}"
             )
 
+    kwargs: dict[str, Any] = dict(
+        on_start=on_start, on_update=on_update, plot=not args.no_plot, tensorboard=args.tensorboard
+    )
+    if args.devices is not None:
+        kwargs["devices"] = args.devices
     try:
-        result = fit(
-            config,
-            out,
-            resume_from=resume_from,
-            devices=args.devices,
-            on_start=on_start,
-            on_update=on_update,
-            plot=not args.no_plot,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RuntimeWarning)
+            warnings.showwarning = _warn
+            if config is None:
+                state["config"] = _peek_config(out)
+                result = resume(out, settings=given, **kwargs)
+            else:
+                state["config"] = config
+                result = fit(config, out, seeds=args.seeds, **kwargs)
+    except DivergenceError as e:
+        raise CLIError(str(e)) from None
     finally:
         if state["bar"] is not None:
             state["bar"].close()
-    print(_summary(result, args.no_plot))
-    return 130 if result.interrupted else 0
+    results = result if isinstance(result, list) else [result]
+    if len(results) == 1 and not (Path(out) / "seeds.json").is_file():
+        print(_summary(results[0], args.no_plot))
+    else:
+        print(_group_summary(results, Path(out), args.no_plot))
+    return 130 if results[0].interrupted else 0
+
+
+def _peek_config(path: Path) -> RunConfig:
+    """The settings of the run (or group) at `path`, for the progress line."""
+    if not path.exists():
+        raise ValueError(f"Cannot resume: {path} does not exist.")
+    if (path / "trainer.json").is_file():
+        return read_checkpoint_config(path)
+    run = RunDir(path)
+    if run.is_group():
+        return run.read_group()[0]
+    if run.settings_file.is_file():
+        return run.read_config()
+    raise ValueError(f"Cannot resume: {path} holds no run (run.json or seeds.json).")
+
+
+def _evaluate(result: FitResult) -> float:
+    returns = evaluate_policy(
+        result.model, result.env, key=jax.random.key(result.config.seed + 1), num_episodes=100
+    )
+    return float(jnp.mean(returns))
+
+
+def _group_summary(results: list[FitResult], path: Path, no_plot: bool) -> str:
+    first = results[0]
+    what = f"{first.env.name} with {first.config.model.model}"
+    steps = len([r for r in first.rows if r["update"] > first.start_update])
+    steps *= first.config.ppo.steps_per_update
+    lines = [
+        f"{'interrupted' if first.interrupted else 'trained'} {what}, {len(results)} seeds "
+        f"at once: {steps:_} steps each in {first.seconds:.1f} s"
+    ]
+    if not first.interrupted:
+        scores = [_evaluate(r) for r in results]
+        mean = float(np.mean(scores))
+        each = ", ".join(
+            f"seed {r.config.seed} {v:.3f}" for r, v in zip(results, scores, strict=True)
+        )
+        lines.append(f"deterministic evaluation (100 episodes per seed): mean {mean:.3f}; {each}")
+    lines.append(f"group directory: {path}  (resume: {PROG} train --resume {path})")
+    for r in results:
+        lines.append(f"  seed {r.config.seed}: {r.run_dir.path}  (model {r.run_dir.model_file})")
+    plot = RunDir(path).plot_file
+    if not no_plot and plot.is_file():
+        lines.append(f"  plot         {plot}")
+    return "\n".join(lines)
 
 
 def _summary(result: FitResult, no_plot: bool) -> str:
@@ -337,13 +434,8 @@ def _summary(result: FitResult, no_plot: bool) -> str:
     if base is not None:
         lines[-1] += f" (optimum {base.optimum_return}, best feed-forward {base.chance_return})"
     if not result.interrupted:
-        returns_eval = evaluate_policy(
-            result.model, env, key=jax.random.key(config.seed + 1), num_episodes=100
-        )
-        lines.append(
-            f"deterministic evaluation: mean return {float(jnp.mean(returns_eval)):.3f} over "
-            "100 episodes"
-        )
+        score = _evaluate(result)
+        lines.append(f"deterministic evaluation: mean return {score:.3f} over 100 episodes")
     lines.append(f"run directory: {run.path}")
     lines.append(f"  settings     {run.settings_file}")
     lines.append(f"  metrics      {run.metrics_file} and metrics.csv")
@@ -427,6 +519,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- reference
+
+
+def reference_markdown() -> str:
+    """Every subcommand and option of the parser as Markdown tables (option, default,
+    what it does): the command-line reference of the docs, written from the parser
+    itself so that it cannot drift from it."""
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = []
+    for name, command in sub.choices.items():
+        out += [f"### `{PROG} {name}`", "", command.description or "", ""]
+        for group in command._action_groups:
+            actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]
+            if not actions:
+                continue
+            title = group.title or ""
+            if title in ("options", "optional arguments"):
+                title = "arguments"
+            out += [f"**{title[:1].upper()}{title[1:]}**", "", "| option | what it does |"]
+            out += ["|---|---|"]
+            for a in actions:
+                if a.option_strings:
+                    flags = ", ".join(
+                        f"`{f}`"
+                        if a.nargs == 0 or isinstance(a, argparse.BooleanOptionalAction)
+                        else f"`{f} {(a.metavar or a.dest.rpartition('.')[2]).upper()}`"
+                        for f in a.option_strings
+                    )
+                else:
+                    flags = f"`{a.metavar or a.dest}`"
+                text = (a.help or "").replace("|", "\\|")
+                out.append(f"| {flags} | {text} |")
+            out.append("")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------- entry point
 
 
@@ -450,6 +579,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def cli(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line on `argv` (`sys.argv[1:]` if `None`) and exit with its
+    status, as `eqx-lstm-ac` does. End a script that registers environments of your own
+    ([`eqx_lstm_ac.register_env`][]) with it, and the script is the command line for
+    them: `python my_script.py train --env NAME`."""
+    sys.exit(main(argv))
+
+
 def entry_point() -> NoReturn:
     """The console script."""
-    sys.exit(main())
+    cli()

@@ -10,6 +10,7 @@ returned is the episode's final observation (the one GAE bootstraps from on trun
 """
 
 import abc
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import distrax
@@ -417,6 +418,33 @@ class GymnaxEnv(Environment):
 
 TASKS = ("memory", "gymnax:<name>")
 
+ENVIRONMENTS: dict[str, Callable[..., Environment]] = {}
+"""Environments of your own, by name, for [`eqx_lstm_ac.make_env`][] and `--env`: add one
+with [`eqx_lstm_ac.register_env`][]."""
+
+
+def register_env(name: str, factory: Callable[..., Environment]) -> None:
+    """Make an environment of your own available by `name` to
+    [`eqx_lstm_ac.make_env`][], [`eqx_lstm_ac.fit`][] and the command line:
+    `--env NAME` or `--env NAME:option=value,...` calls `factory(option=value, ...)`
+    (integer options).
+
+    Nothing is imported by name: the program that trains (or resumes, or evaluates) a
+    run of such an environment registers it first, e.g. a script ending in
+    `eqx_lstm_ac.cli()` that you run as `python my_script.py train --env NAME`.
+
+    **Raises:**
+
+    `ValueError` for a name that is taken by a built-in task or is not a plain word.
+    """
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"An environment name is a plain word like 'beacon'; got {name!r}.")
+    if name in ("memory", "gymnax"):
+        raise ValueError(f"{name!r} is a built-in task; choose another name.")
+    if not callable(factory):
+        raise ValueError(f"register_env needs a callable factory; got {factory!r}.")
+    ENVIRONMENTS[name] = factory
+
 
 def _parse_options(text: str, spec: str) -> dict[str, int]:
     out: dict[str, int] = {}
@@ -436,8 +464,9 @@ def make_env(spec: str, hide: tuple[int, ...] | list[int] = ()) -> Environment:
     **Arguments:**
 
     - `spec`: `"memory"` (the built-in [`eqx_lstm_ac.MemoryTask`][]), optionally with
-      options `"memory:delay=16,cue_size=1"`, or `"gymnax:<name>"` for a gymnax
-      environment (e.g. `"gymnax:CartPole-v1"`).
+      options `"memory:delay=16,cue_size=1"`, `"gymnax:<name>"` for a gymnax
+      environment (e.g. `"gymnax:CartPole-v1"`), or the name of an environment of your
+      own ([`eqx_lstm_ac.register_env`][]), with options the same way.
     - `hide`: observation entries to hide ([`eqx_lstm_ac.HideObservation`][]).
 
     **Returns:**
@@ -464,10 +493,22 @@ def make_env(spec: str, hide: tuple[int, ...] | list[int] = ()) -> Environment:
         if not rest:
             raise ValueError("Name the gymnax environment, e.g. gymnax:CartPole-v1.")
         env = GymnaxEnv(rest)
+    elif family in ENVIRONMENTS:
+        try:
+            env = ENVIRONMENTS[family](**_parse_options(rest, spec))
+        except TypeError as e:
+            raise ValueError(f"{spec}: {e}") from None
+        if not isinstance(env, Environment):
+            raise ValueError(
+                f"The factory registered as {family!r} returned {type(env).__name__}, not "
+                "an eqx_lstm_ac.Environment."
+            )
     else:
+        mine = "".join(f", {name!r}" for name in ENVIRONMENTS)
         raise ValueError(
-            f"Unknown task {spec!r}; expected 'memory' (or 'memory:delay=N,cue_size=N') "
-            "or 'gymnax:<name>' (e.g. gymnax:CartPole-v1)."
+            f"Unknown task {spec!r}; expected 'memory' (or 'memory:delay=N,cue_size=N'), "
+            f"'gymnax:<name>' (e.g. gymnax:CartPole-v1){mine} or a name given to "
+            "register_env."
         )
     if hide:
         env = HideObservation(env, hide)

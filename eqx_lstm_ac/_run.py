@@ -1,293 +1,61 @@
-"""Training runs on disk: the run directory ([`eqx_lstm_ac.RunDir`][]) and
-[`eqx_lstm_ac.fit`][], the training loop that writes it (its checkpoints through
-`_train_state.py`).
+"""Training runs on disk: [`eqx_lstm_ac.fit`][], the training loop that writes a run
+directory ([`eqx_lstm_ac.RunDir`][], `_run_dir.py`), and [`eqx_lstm_ac.resume`][].
 
-A run directory holds:
+One loop serves one run and several seeds trained together: the seeds' training states
+are stacked and advanced by one compiled program ([`eqx_lstm_ac.PPO.train_steps`][]),
+and each seed keeps a run directory of its own, the same as a run of that seed alone.
 
-```
-run.json                        the RunConfig: task, model, seed, PPO settings
-metrics.jsonl, metrics.csv      one row per update
-checkpoints/update_NNNNNN/      model.eqx (eqx_lstm_ac.save), trainer.eqx, trainer.json
-model.eqx                       the latest model, for `eqx-lstm-ac evaluate`
-learning_curve.png              the mean return against environment steps
-```
-
-Every file is written to a temporary name and renamed into place; a checkpoint directory
-appears whole or not at all. Nothing here uses pickle: models go through
-[`eqx_lstm_ac.save`][], the rest of a training state through `.npy` records read back
-against the shapes the run's settings imply, everything else is JSON.
+What a run survives: a kill at any moment (every file is renamed into place whole; the
+next run removes the temporary files a kill leaves), Ctrl-C and `SIGTERM` (a checkpoint
+of the last finished update is written first), an update that produces non-finite values
+([`eqx_lstm_ac.DivergenceError`][]: the last finite state is checkpointed and nothing
+non-finite is ever written), a corrupt newest checkpoint (resuming takes the newest one
+that passes its checksums), and a second run on the same directory (refused by a lock).
 """
 
 import contextlib
-import csv
 import dataclasses
-import fcntl
-import io
-import json
 import math
 import os
-import shutil
+import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 import jax
+import numpy as np
 
 from ._actor_critic import AbstractActorCritic
-from ._checkpoint import atomic_write, save
-from ._config import RunConfig
-from ._envs import Environment, HideObservation, make_env, MemoryTask
-from ._ppo import PPO
+from ._config import RunConfig, with_settings
+from ._envs import Environment, make_env
+from ._ppo import PPO, stack, unstack
 from ._registry import make_model
-from ._train_state import (
-    load_train_state,
-    read_checkpoint_config,
-    read_json,
-    RUN_FORMAT,
-    save_train_state,
-    shard_train_state,
-    TrainState,
-    write_json,
-)
-from ._version import __version__
+from ._run_dir import METRIC_FIELDS, RunDir, tensorboard_available
+from ._train_state import load_train_state, read_checkpoint_config, shard_train_state, TrainState
 
 
-KEEP_CHECKPOINTS = 3
+class DivergenceError(ValueError):
+    """A run stopped because an update produced a non-finite loss or non-finite
+    parameters. Nothing non-finite was written: `checkpoint` is the checkpoint of the
+    last finite state (of the first seed that diverged), and `update` the update that
+    failed."""
 
-METRIC_FIELDS: tuple[str, ...] = (
-    "update",
-    "env_steps",
-    "mean_return",
-    "episodes",
-    "loss",
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "approx_kl",
-    "clip_fraction",
-    "learning_rate",
-    "steps_per_second",
-    "wall_time",
-)
-"""The columns of `metrics.csv` (and the keys of each `metrics.jsonl` row)."""
-
-
-def make_run_env(config: RunConfig) -> Environment:
-    """The environment of a run: `make_env(config.env, config.hide)`."""
-    return make_env(config.env, config.hide)
-
-
-def memory_task(env: Environment) -> MemoryTask | None:
-    """The memory task inside `env`, if that is what it is (for its optimum and chance)."""
-    while isinstance(env, HideObservation):
-        env = env.env
-    return env if isinstance(env, MemoryTask) else None
-
-
-# ---------------------------------------------------------------------- the run directory
-
-
-class RunDir:
-    """A run directory: the one place that knows its layout (settings, metrics,
-    checkpoints and their rotation, the latest model, the plot) and keeps it safe.
-
-    A run writes only into a directory that is new, empty, or its own (one holding a
-    `run.json`), and holds an OS lock on it while it writes (released when the process
-    ends, however it ends), so two runs never write into one directory.
-
-    **Arguments:**
-
-    - `path`: the directory.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.settings_file = self.path / "run.json"
-        self.model_file = self.path / "model.eqx"
-        self.metrics_file = self.path / "metrics.jsonl"
-        self.plot_file = self.path / "learning_curve.png"
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    # ------------------------------------------------------------------ finding runs
-
-    def holds_run(self) -> bool:
-        """Whether a run has started here (its settings or a checkpoint exist)."""
-        return self.settings_file.exists() or bool(self.checkpoints())
-
-    def checkpoints(self) -> list[Path]:
-        """The complete checkpoint directories, oldest first."""
-        root = self.path / "checkpoints"
-        if not root.is_dir():
-            return []
-        found = [
-            p
-            for p in root.iterdir()
-            if p.is_dir() and p.name.startswith("update_") and (p / "trainer.json").is_file()
-        ]
-        return sorted(found, key=lambda p: p.name)
-
-    @classmethod
-    def find(cls, path: str | os.PathLike) -> tuple["RunDir", Path]:
-        """`(run_dir, checkpoint)` for a run directory (its latest checkpoint) or a
-        checkpoint directory inside one.
-
-        **Raises:**
-
-        `ValueError` if `path` is neither, or holds no checkpoint.
-        """
-        path = Path(path)
-        if not path.exists():
-            raise ValueError(f"Cannot resume: {path} does not exist.")
-        if (path / "trainer.json").is_file():
-            return cls(path.parent.parent), path
-        if path.is_dir():
-            ckpts = cls(path).checkpoints()
-            if not ckpts:
-                raise ValueError(
-                    f"Cannot resume: {path} holds no checkpoint (checkpoints/update_*)."
-                )
-            return cls(path), ckpts[-1]
-        raise ValueError(
-            f"Cannot resume from {path}: not a run directory or a checkpoint directory."
-        )
-
-    def read_config(self) -> RunConfig:
-        """The run's [`eqx_lstm_ac.RunConfig`][], from `run.json`."""
-        data = read_json(self.settings_file)
-        if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
-            raise ValueError(
-                f"{self.settings_file} is not a run description this version can read."
-            )
-        try:
-            return RunConfig.from_dict(data["run"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{self.settings_file} is a corrupt run description ({e}).") from None
-
-    # ------------------------------------------------------------------ writing
-
-    def check_new(self) -> None:
-        """Refuse a path where a new run may not write: a file, or a directory that
-        holds a run or anything else."""
-        if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"--out {self.path} exists and is not a directory.")
-        if self.holds_run():
-            raise ValueError(
-                f"{self.path} already holds a run; pass --resume to continue it, or choose "
-                "another --out."
-            )
-        if self.path.is_dir() and any(p.name != ".lock" for p in self.path.iterdir()):
-            raise ValueError(
-                f"{self.path} is not empty and holds no run: a run writes only into a new "
-                "or empty directory, or its own."
-            )
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the run's lock (created with the directory if need be)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ValueError(
-                    f"{self.path} is in use by another run (it holds the lock)."
-                ) from None
-            yield
-        finally:
-            os.close(fd)
-
-    def write_config(self, config: RunConfig) -> None:
-        """Write `run.json`."""
-        data = {"format": RUN_FORMAT, "library_version": __version__, "run": config.to_dict()}
-        write_json(self.settings_file, data)
-
-    def write_checkpoint(self, ts: TrainState, config: RunConfig) -> Path:
-        """A checkpoint of `ts` (see [`eqx_lstm_ac.save_train_state`][]), the latest
-        model beside it as `model.eqx`, and only the newest few checkpoints kept."""
-        root = self.path / "checkpoints"
-        root.mkdir(exist_ok=True)
-        final = save_train_state(root / f"update_{int(ts.update):06d}", ts, config)
-        save(self.model_file, ts.model)
-        for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    # ------------------------------------------------------------------ metrics
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """The rows of `metrics.jsonl` (a line cut short by a crash is skipped)."""
-        if not self.metrics_file.is_file():
-            return []
-        rows = []
-        for line in self.metrics_file.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("update"), int):
-                rows.append(row)
-        return rows
-
-    def start_metrics(self, keep: list[dict[str, Any]]) -> None:
-        """Rewrite `metrics.jsonl` and `metrics.csv` with the rows `keep`."""
-        atomic_write(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep).encode())
-        text = io.StringIO()
-        writer = csv.DictWriter(text, METRIC_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(keep)
-        atomic_write(self.path / "metrics.csv", text.getvalue().encode())
-
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        """Append one row to both metrics files."""
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(self.path / "metrics.csv", "a", newline="") as f:
-            csv.DictWriter(f, METRIC_FIELDS, extrasaction="ignore").writerow(row)
-
-    def plot(self, rows: list[dict[str, Any]], title: str, env: Environment) -> Path | None:
-        """The learning curve as `learning_curve.png`; `None` without matplotlib."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return None
-        xs = [r["env_steps"] for r in rows if r.get("mean_return") is not None]
-        ys = [r["mean_return"] for r in rows if r.get("mean_return") is not None]
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-        ax.plot(xs, ys, lw=1.2, label="mean return per update")
-        base = memory_task(env)
-        if base is not None:
-            ax.axhline(base.optimum_return, color="k", ls="--", lw=0.8, label="optimum")
-            ax.axhline(base.chance_return, color="r", ls=":", lw=0.8, label="feed-forward best")
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("return")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        atomic_write(self.plot_file, buf.getvalue())
-        return self.plot_file
-
-
-# ---------------------------------------------------------------------- the training loop
+    def __init__(self, message: str, update: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.update = update
+        self.checkpoint = checkpoint
 
 
 @dataclasses.dataclass
 class FitResult:
-    """What [`eqx_lstm_ac.fit`][] did: the trained `model`, the final training state
-    `train_state`, the environment `env`, the `run_dir`, the metrics `rows` of every
-    update of the run (earlier ones of a resumed run included), the update it started
-    from (`start_update`), the last checkpoint written, whether it was `interrupted`
-    (Ctrl-C), and the seconds it took."""
+    """What [`eqx_lstm_ac.fit`][] did for one run: the trained `model`, the final
+    training state `train_state`, the environment `env`, the `run_dir`, the `config`,
+    the metrics `rows` of every update of the run (earlier ones of a resumed run
+    included), the update it started from (`start_update`), the last checkpoint
+    written, whether it was `interrupted` (Ctrl-C or `SIGTERM`), and the seconds it
+    took."""
 
     model: AbstractActorCritic
     train_state: TrainState
@@ -301,46 +69,121 @@ class FitResult:
     seconds: float
 
 
+def make_run_env(config: RunConfig) -> Environment:
+    """The environment of a run: `make_env(config.env, config.hide)`."""
+    return make_env(config.env, config.hide)
+
+
+def _initial_state(config: RunConfig, env: Environment, ppo: PPO) -> TrainState:
+    m = config.model
+
+    def make(key):
+        return make_model(
+            env,
+            m.model,
+            hidden_features=m.hidden_features,
+            features=m.features,
+            activation=m.activation,
+            key=key,
+        )
+
+    return ppo.init_seed(config.seed, make)
+
+
 def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def _check_seeds(seeds: Sequence[int], devices: Any) -> list[int]:
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one; got {seeds}.")
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63:
+            raise ValueError(f"seeds must be integers in [0, 2**63); got {s!r}.")
+    if devices is not None:
+        raise ValueError("Several seeds train on one device; leave devices (--devices) out.")
+    return seeds
+
+
+@overload
+def fit(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    seeds: None = None,
+    resume_from: str | os.PathLike | None = None,
+    devices: int | Sequence[Any] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    plot: bool = True,
+    tensorboard: bool | None = None,
+) -> FitResult: ...
+
+
+@overload
+def fit(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    seeds: Sequence[int],
+    resume_from: None = None,
+    devices: None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    plot: bool = True,
+    tensorboard: bool | None = None,
+) -> list[FitResult]: ...
 
 
 def fit(
     config: RunConfig,
     out: str | os.PathLike,
     *,
+    seeds: Sequence[int] | None = None,
     resume_from: str | os.PathLike | None = None,
     devices: int | Sequence[Any] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_update: Callable[[dict[str, Any]], None] | None = None,
     plot: bool = True,
-) -> FitResult:
+    tensorboard: bool | None = None,
+) -> Any:
     """Train a run and keep it on disk: settings, metrics, rotating checkpoints, the
     latest model and the learning curve, in the run directory `out`.
 
     Everything that can be wrong with the settings is checked before anything is
-    written. Ctrl-C (`KeyboardInterrupt`) writes a checkpoint of the last finished
-    update and returns with `interrupted=True`.
+    written. Ctrl-C (`KeyboardInterrupt`) and `SIGTERM` write a checkpoint of the last
+    finished update and return with `interrupted=True`.
 
     **Arguments:**
 
     - `config`: the [`eqx_lstm_ac.RunConfig`][].
     - `out`: the run directory: new or empty, or, with `resume_from`, the run's own.
-    - `resume_from`: a checkpoint directory of the run in `out` to continue from.
+    - `seeds`: train one run per seed (instead of `config.seed`) in one compiled
+      program; `out` becomes a group directory with a run directory `seed_<n>/` for
+      each, each the same as the run of that seed alone (up to rounding).
+    - `resume_from`: a checkpoint directory of the run in `out` to continue from (see
+      [`eqx_lstm_ac.resume`][], which finds it).
     - `devices`: local devices to split the environments over (see
-      [`eqx_lstm_ac.shard_train_state`][]).
+      [`eqx_lstm_ac.shard_train_state`][]); not with `seeds`.
     - `on_start`: called with `(start_update, num_updates)` once all checks passed.
-    - `on_update`: called with each update's metrics row.
+    - `on_update`: called with each update's metrics row (with `seeds`: the first
+      seed's row, its `mean_return` the mean over the seeds).
     - `plot`: write `learning_curve.png` at the end.
+    - `tensorboard`: write the metrics as TensorBoard events to `tensorboard/` of each
+      run directory (`tensorboard --logdir out`); `None`: when tensorboardX (the
+      `tensorboard` extra) is installed.
 
     **Returns:**
 
-    A [`eqx_lstm_ac.FitResult`][].
+    A [`eqx_lstm_ac.FitResult`][]; with `seeds`, a list of them, one per seed.
 
     **Raises:**
 
     `ValueError` with a one-line message for settings that cannot train or do not match
-    the checkpoint, or a directory a run may not write into.
+    the checkpoint, or a directory a run may not write into;
+    [`eqx_lstm_ac.DivergenceError`][] (a `ValueError`) when an update produces
+    non-finite values.
 
     !!! example
         ```python
@@ -351,107 +194,316 @@ def fit(
         result = lac.resume("runs/mine", total_steps=400_000)  # continue it
         ```
     """
-    run = RunDir(out)
-    if resume_from is None:
-        run.check_new()
+    out = Path(out)
+    options = _Options(devices, on_start, on_update, plot, tensorboard)
+    if seeds is None:
+        if resume_from is None:
+            RunDir(out).check_new()
+        ckpts = None if resume_from is None else [Path(resume_from)]
+        return _fit(None, [RunDir(out)], [config], ckpts, options)[0]
+    seeds = _check_seeds(seeds, devices)
+    if resume_from is not None:
+        raise ValueError("Resume a group of seeds with resume(out), not with resume_from.")
+    group = RunDir(out)
+    group.check_new()
+    runs = [group.seed_dir(s) for s in seeds]
+    configs = [dataclasses.replace(config, seed=s) for s in seeds]
+    return _fit(group, runs, configs, None, options)
+
+
+class _Options(NamedTuple):
+    """What [`eqx_lstm_ac.fit`][] does besides training (its keyword arguments)."""
+
+    devices: int | Sequence[Any] | None = None
+    on_start: Callable[[int, int], None] | None = None
+    on_update: Callable[[dict[str, Any]], None] | None = None
+    plot: bool = True
+    tensorboard: bool | None = None
+
+    def use_tensorboard(self) -> bool:
+        if self.tensorboard is None:
+            return tensorboard_available()
+        if self.tensorboard and not tensorboard_available():
+            raise ValueError(
+                "tensorboard=True needs tensorboardX; install the extra: "
+                "pip install 'eqx-lstm-ac[tensorboard]'."
+            )
+        return self.tensorboard
+
+
+def _fit(group, runs, configs, ckpts, options: _Options) -> list[FitResult]:
+    use_tensorboard = options.use_tensorboard()
+    config = configs[0]
     env = make_run_env(config)
     ppo = PPO(config.ppo, env)
-    k_model, k_init = jax.random.split(jax.random.key(config.seed))
-    m = config.model
-    model = make_model(
-        env,
-        m.model,
-        hidden_features=m.hidden_features,
-        features=m.features,
-        activation=m.activation,
-        key=k_model,
-    )
-    ts = ppo.init(model, key=k_init)
-    start_update = 0
-    keep_rows: list[dict[str, Any]] = []
-    if resume_from is not None:
-        ts = load_train_state(resume_from, ts)
-        start_update = int(ts.update)
-        keep_rows = [r for r in run.read_metrics() if r["update"] <= start_update]
-    ts = shard_train_state(ts, devices)
+    states = [_initial_state(c, env, ppo) for c in configs]
+    keep_rows: list[list[dict[str, Any]]] = [[] for _ in runs]
+    if ckpts is not None:
+        states = [load_train_state(ckpt, ts) for ckpt, ts in zip(ckpts, states, strict=True)]
+        keep_rows = [
+            [r for r in run.read_metrics() if r["update"] <= int(ts.update)]
+            for run, ts in zip(runs, states, strict=True)
+        ]
+    start = int(states[0].update)
+    if any(int(ts.update) != start for ts in states):
+        raise ValueError("The seeds' checkpoints are at different updates.")
     num_updates = config.ppo.num_updates
-    if resume_from is not None and start_update >= num_updates:
+    if start >= num_updates:
         raise ValueError(
-            f"The checkpoint is already at update {start_update} of {num_updates}; raise "
+            f"The checkpoint is already at update {start} of {num_updates}; raise "
             "--total-steps to train further."
         )
-    with run.lock():
+    ts = stack(states) if group is not None else shard_train_state(states[0], options.devices)
+    with contextlib.ExitStack() as resources:
+        for run in ([group] if group is not None else []) + runs:
+            resources.enter_context(run.lock())
+            run.remove_temporaries()
+        if group is not None:
+            group.write_group(config, [c.seed for c in configs])
+        logs = []
+        if use_tensorboard:
+            first_step = (start + 1) * config.ppo.steps_per_update if start else 0
+            for run in runs:
+                logs.append(run.tensorboard(first_step))
+                resources.callback(logs[-1].close)
         return _train_loop(
-            run, config, env, ppo, ts, keep_rows, start_update, on_start, on_update, plot
+            group, runs, configs, env, ppo, ts, keep_rows, start, ckpts, logs, options
         )
 
 
-def _train_loop(run, config, env, ppo, ts, keep_rows, start_update, on_start, on_update, plot):
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While training, `SIGTERM` (what batch schedulers send before a kill) stops the
+    run as Ctrl-C does: with a checkpoint."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_loop(group, runs, configs, env, ppo, ts, keep_rows, start, ckpts, logs, options):
+    config = configs[0]
+    on_start, on_update = options.on_start, options.on_update
     num_updates = config.ppo.num_updates
     per_update = config.ppo.steps_per_update
     every = config.checkpoint_interval
-    run.write_config(config)
-    run.start_metrics(keep_rows)
+    stacked = group is not None
+    step = ppo.train_steps if stacked else ppo.train_step
+
+    def member(tree: Any, i: int) -> Any:
+        return unstack(tree, i) if stacked else tree
+
+    for run, cfg, rows in zip(runs, configs, keep_rows, strict=True):
+        run.write_config(cfg)
+        run.start_metrics(rows)
     if on_start is not None:
-        on_start(start_update, num_updates)
-    rows = list(keep_rows)
+        on_start(start, num_updates)
+    rows = [list(r) for r in keep_rows]
+    last_ckpt: list[Path | None] = list(ckpts) if ckpts is not None else [None for _ in runs]
+    written = start  # the update the newest checkpoint of every run holds
     t_start = t_prev = time.perf_counter()
-    last_ckpt: Path | None = None
-    done_updates = start_update
     interrupted = False
+
+    def checkpoint(state: TrainState) -> None:
+        nonlocal written
+        for i, (run, cfg) in enumerate(zip(runs, configs, strict=True)):
+            last_ckpt[i] = run.write_checkpoint(member(state, i), cfg)
+        written = int(member(state, 0).update)
+
     try:
-        for i in range(start_update, num_updates):
-            ts, metrics = ppo.train_step(ts)
-            values = {name: float(v) for name, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            done_updates = i + 1
-            row: dict[str, Any] = {
-                "update": done_updates,
-                "env_steps": done_updates * per_update,
-                "steps_per_second": per_update / max(now - t_prev, 1e-9),
-                "wall_time": now - t_start,
-            }
-            row.update(
-                {name: _json_float(values[name]) for name in METRIC_FIELDS if name in values}
-            )
-            t_prev = now
-            rows.append(row)
-            run.append_metrics(row)
-            if on_update is not None:
-                on_update(row)
-            if done_updates % every == 0 or done_updates == num_updates:
-                last_ckpt = run.write_checkpoint(ts, config)
+        with _sigterm_as_interrupt():
+            for i in range(start, num_updates):
+                new_ts, metrics = step(ts)
+                values = jax.device_get(metrics)
+                finite = np.atleast_1d(np.asarray(values["finite"])) > 0
+                if not finite.all():
+                    if written < i:
+                        checkpoint(ts)
+                    _diverged(i + 1, configs, finite, last_ckpt)
+                ts = new_ts
+                now = time.perf_counter()
+                done = i + 1
+                for j, (run, run_rows) in enumerate(zip(runs, rows, strict=True)):
+                    row: dict[str, Any] = {
+                        "update": done,
+                        "env_steps": done * per_update,
+                        "steps_per_second": per_update / max(now - t_prev, 1e-9),
+                        "wall_time": now - t_start,
+                    }
+                    for name in METRIC_FIELDS:
+                        if name in values:
+                            v = np.asarray(values[name])
+                            row[name] = _json_float(float(v[j] if stacked else v))
+                    run_rows.append(row)
+                    run.append_metrics(row)
+                    if logs:
+                        logs[j].write(row)
+                t_prev = now
+                if on_update is not None:
+                    on_update(_summary_row([r[-1] for r in rows]))
+                if done % every == 0 or done == num_updates:
+                    checkpoint(ts)
     except KeyboardInterrupt:
         interrupted = True
-        if done_updates > start_update and int(ts.update) == done_updates:
-            last_ckpt = run.write_checkpoint(ts, config)
-    if plot and rows:
+        if int(member(ts, 0).update) > written:
+            checkpoint(ts)
+    if options.plot and rows[0]:
         what = f"{env.name} with {config.model.model}"
-        run.plot(rows, f"{what}, seed {config.seed}", env)
+        if group is not None:
+            seeds = ", ".join(str(c.seed) for c in configs)
+            group.plot(rows, f"{what}, seeds {seeds}", env)
+        for run, cfg, run_rows in zip(runs, configs, rows, strict=True):
+            run.plot([run_rows], f"{what}, seed {cfg.seed}", env)
     seconds = time.perf_counter() - t_start
-    return FitResult(
-        ts.model, ts, env, run, config, rows, start_update, last_ckpt, interrupted, seconds
+    return [
+        FitResult(
+            member(ts, j).model,
+            member(ts, j),
+            env,
+            run,
+            cfg,
+            rows[j],
+            start,
+            last_ckpt[j],
+            interrupted,
+            seconds,
+        )
+        for j, (run, cfg) in enumerate(zip(runs, configs, strict=True))
+    ]
+
+
+def _summary_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    returns = [r["mean_return"] for r in rows if r.get("mean_return") is not None]
+    return {**rows[0], "mean_return": float(np.mean(returns)) if returns else None}
+
+
+def _diverged(update: int, configs, finite: np.ndarray, last_ckpt: list[Path | None]) -> None:
+    bad = [c.seed for c, ok in zip(configs, finite, strict=True) if not ok]
+    first = next(i for i, ok in enumerate(finite) if not ok)
+    ckpt = last_ckpt[first]
+    where = f"kept at {ckpt}" if ckpt is not None else "none was written (it diverged at once)"
+    seeds = "" if len(configs) == 1 else f" (seed {', '.join(map(str, bad))})"
+    lr = configs[0].ppo.learning_rate
+    raise DivergenceError(
+        f"Update {update}{seeds} produced a non-finite loss or parameters, so the run "
+        f"stopped; the last finite checkpoint is {where}. Likely cause: a learning rate "
+        f"too high for this task (--lr {lr:g}) or rewards too large; start again with a "
+        "lower --lr.",
+        update,
+        ckpt,
     )
 
 
-def resume(path: str | os.PathLike, *, total_steps: int | None = None, **kwargs: Any) -> FitResult:
-    """Continue a run from its latest checkpoint (or from the checkpoint directory
-    `path`), with the settings it was started with.
+# ---------------------------------------------------------------------- resuming
+
+
+def resume(
+    path: str | os.PathLike,
+    *,
+    total_steps: int | None = None,
+    settings: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Continue a run (or a group of seeds) from its latest usable checkpoint, or from
+    the checkpoint directory `path`, with the settings it was started with.
+
+    The latest checkpoint that is complete and passes its checksums is taken; a newer
+    one that does not is skipped with a warning that says why. A run that was stopped
+    after writing its settings but before its first checkpoint starts again from the
+    beginning (with a warning).
 
     **Arguments:**
 
-    - `path`: the run directory or one of its checkpoint directories.
-    - `total_steps`: a new budget, to train further than the run was set to.
+    - `path`: the run directory, one of its checkpoint directories, or a group
+      directory of several seeds.
+    - `total_steps`: a new budget, to train further than the run was set to. The
+      learning-rate schedule then runs over the new budget from the update reached
+      (a warning says so).
+    - `settings`: other settings to change, `{"ppo.total_steps": ..., ...}` as
+      [`eqx_lstm_ac.with_settings`][] takes them; those fixed for a run are refused.
     - `**kwargs`: as [`eqx_lstm_ac.fit`][] (`devices`, `on_update`, ...).
 
     **Returns:**
 
-    A [`eqx_lstm_ac.FitResult`][].
+    A [`eqx_lstm_ac.FitResult`][], or a list of them for a group.
+
+    **Raises:**
+
+    `ValueError` for a path that holds no run, or changed settings a run cannot take.
     """
-    run, ckpt = RunDir.find(path)
-    config = read_checkpoint_config(ckpt)
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"Cannot resume: {path} does not exist.")
+    changes = dict(settings or {})
     if total_steps is not None:
-        config = dataclasses.replace(
-            config, ppo=dataclasses.replace(config.ppo, total_steps=total_steps)
+        changes["ppo.total_steps"] = total_steps
+    if (path / "trainer.json").is_file():  # an explicit checkpoint: no fallback
+        run = RunDir(path.parent.parent)
+        config = _changed(read_checkpoint_config(path), changes)
+        return fit(config, run.path, resume_from=path, **kwargs)
+    top = RunDir(path)
+    if not path.is_dir() or not top.holds_run():
+        raise ValueError(f"Cannot resume: {path} holds no run (run.json or seeds.json).")
+    if top.is_group():
+        shared, seeds = top.read_group()
+        runs = [top.seed_dir(s) for s in seeds]
+    else:
+        shared, seeds, runs = None, None, [top]
+    picked = _pick_checkpoints(runs)
+    if picked is None:
+        warnings.warn(
+            f"{path} holds no usable checkpoint; training it again from the start with "
+            "its settings.",
+            RuntimeWarning,
+            stacklevel=2,
         )
-    return fit(config, run.path, resume_from=ckpt, **kwargs)
+        base = shared if shared is not None else top.read_config()
+        configs = [dataclasses.replace(base, seed=s) for s in seeds] if seeds else [base]
+        ckpts = None
+    else:
+        configs = [read_checkpoint_config(c) for c in picked]
+        ckpts = picked
+    configs = [_changed(c, changes) for c in configs]
+    group = top if seeds is not None else None
+    results = _fit(group, runs, configs, ckpts, _Options(**kwargs))
+    return results if seeds is not None else results[0]
+
+
+def _changed(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    new = with_settings(config, changes, resuming=True)
+    old_total, new_total = config.ppo.num_updates, new.ppo.num_updates
+    if new_total != old_total and new.ppo.lr_schedule != "constant":
+        warnings.warn(
+            f"The budget changes from {old_total} to {new_total} updates: the "
+            f"{new.ppo.lr_schedule} learning-rate schedule now runs over {new_total} "
+            "updates, so the learning rate jumps to that schedule's value at the update "
+            "reached.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return new
+
+
+def _pick_checkpoints(runs: list[RunDir]) -> list[Path] | None:
+    """The newest update every run has a usable checkpoint of, one path per run;
+    `None` if there is none. Skipped newer checkpoints are warned about."""
+    usable = []
+    for run in runs:
+        good, skipped = run.usable_checkpoints()
+        for reason in skipped:
+            warnings.warn(f"{run.path}: {reason}", RuntimeWarning, stacklevel=3)
+        usable.append({c.name: c for c in good})
+    common = set(usable[0]).intersection(*usable[1:])
+    if not common:
+        return None
+    name = max(common)
+    return [u[name] for u in usable]

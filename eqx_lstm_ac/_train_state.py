@@ -90,7 +90,7 @@ def shard_train_state(
     return TrainState(**placed)
 
 
-RUN_FORMAT = 2
+RUN_FORMAT = 3
 """The format of `run.json` and of a checkpoint's `trainer.json`."""
 
 _MAX_JSON = 1 << 20
@@ -194,6 +194,26 @@ def _checkpoint_meta(ckpt: Path) -> dict[str, Any]:
     return meta
 
 
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check that the checkpoint directory `path` is complete and passes its checksums,
+    and return its `trainer.json`.
+
+    **Raises:**
+
+    `ValueError` naming the file that is missing, unreadable or corrupt.
+    """
+    ckpt = Path(path)
+    meta = _checkpoint_meta(ckpt)
+    for name in ("model.eqx", "trainer.eqx"):
+        file = ckpt / name
+        if not file.is_file():
+            raise ValueError(f"{file} is missing: the checkpoint is incomplete.")
+        sha = meta.get("sha256")
+        if not isinstance(sha, dict) or _sha256(file) != sha.get(name):
+            raise ValueError(f"{file} fails its checksum: the checkpoint is corrupt.")
+    return meta
+
+
 def load_train_state(path: str | os.PathLike, like: TrainState) -> TrainState:
     """Load the training state saved in the checkpoint directory `path`.
 
@@ -208,14 +228,7 @@ def load_train_state(path: str | os.PathLike, like: TrainState) -> TrainState:
     checksums, or does not match `like`.
     """
     ckpt = Path(path)
-    meta = _checkpoint_meta(ckpt)
-    for name in ("model.eqx", "trainer.eqx"):
-        file = ckpt / name
-        if not file.is_file():
-            raise ValueError(f"{file} is missing: the checkpoint is incomplete.")
-        sha = meta.get("sha256")
-        if not isinstance(sha, dict) or _sha256(file) != sha.get(name):
-            raise ValueError(f"{file} fails its checksum: the checkpoint is corrupt.")
+    meta = verify_checkpoint(ckpt)
     model = load(ckpt / "model.eqx")
     if type(model) is not type(like.model) or model.metadata != like.model.metadata:
         raise ValueError(

@@ -319,3 +319,27 @@ def test_custom_action_space_must_be_the_one_saved(tmp_path):
     assert lac.load(tmp_path / "b.eqx", action_space=lac.BoxSpace(-1.0, 1.0)).action_space == (
         lac.BoxSpace(-1.0, 1.0)
     )
+
+
+def test_custom_action_space_with_other_parameters_is_refused(tmp_path):
+    import distrax
+
+    class Shift(distrax.Bijector):
+        def __init__(self, by: float):
+            super().__init__(event_ndims_in=0)
+            self.by = by
+
+        def forward_and_log_det(self, x):
+            return x + self.by, jnp.zeros_like(x)
+
+        def inverse_and_log_det(self, y):
+            return y - self.by, jnp.zeros_like(y)
+
+    model, _ = make_model(action_space=Shift(0.5))
+    lac.save(tmp_path / "m.eqx", model)
+    probe = lac.read_header(tmp_path / "m.eqx")["metadata"]["action_space"]["probe"]
+    assert len(probe) == model.action_dim
+    with pytest.raises(ValueError, match="maps actions differently"):
+        lac.load(tmp_path / "m.eqx", action_space=Shift(0.0))
+    same = lac.load(tmp_path / "m.eqx", action_space=Shift(0.5))
+    assert same.metadata == model.metadata

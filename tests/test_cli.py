@@ -122,3 +122,48 @@ def test_python_dash_m_entry_point():
     )
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and "Unknown task" in out.stderr
+
+
+def _doc_commands():
+    """The command lines of the worked examples on the command-line page."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    examples = text.split("## Worked examples", 1)[1].split("\n## ", 1)[0]
+    blocks = examples.split("```bash\n")[1:]
+    return [
+        line.split()
+        for block in blocks
+        for line in block.split("```", 1)[0].splitlines()
+        if line.startswith("eqx-lstm-ac ")
+    ]
+
+
+def test_every_worked_example_on_the_cli_page_runs(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from eqx_lstm_ac._cli import reference_markdown
+    from eqx_lstm_ac._config import flag_of, settable_fields
+
+    monkeypatch.chdir(tmp_path)
+    commands = _doc_commands()
+    assert len(commands) >= 7
+    tiny = TINY[2:]  # everything but the task
+    budget = {"train": ["--total-steps", "64"], "evaluate": ["--episodes", "2"]}
+    for argv in commands:
+        args = argv[1:]
+        if any(a.startswith("gymnax:") for a in args) and not importlib.util.find_spec("gymnax"):
+            continue
+        if args[0] == "train":
+            args = args + tiny + budget["train"]
+            if "--resume" in args:
+                args += ["--total-steps", "96"]
+        else:
+            args = args + budget["evaluate"]
+        with jax.numpy_dtype_promotion("standard"):  # gymnax mixes dtypes freely
+            code, out, err = _run(capsys, *args)
+        assert code == 0, (argv, err)
+    # the page's reference is written from the parser: every train option is in it
+    ref = reference_markdown()
+    for path, field in settable_fields():
+        assert f"`--{flag_of(field)}" in ref, path
