@@ -52,16 +52,8 @@ from ._parallel import (
     shard_batch as shard_batch,
     shard_local_batch as shard_local_batch,
 )
-from ._ppo import (
-    ActorCritic as ActorCritic,
-    Batch as Batch,
-    compute_gae as compute_gae,
-    PPO as PPO,
-    ppo_loss as ppo_loss,
-    stack as stack,
-    train as train,
-    unstack as unstack,
-)
+from ._ppo import ActorCritic as ActorCritic, PPO as PPO, train as train
+from ._ppo_loss import Batch as Batch, compute_gae as compute_gae, ppo_loss as ppo_loss
 from ._registry import make_model as make_model, model_class as model_class, MODELS as MODELS
 from ._rollout import (
     Actor as Actor,
@@ -82,6 +74,8 @@ from ._train_state import (
     load_train_state as load_train_state,
     save_train_state as save_train_state,
     shard_train_state as shard_train_state,
+    stack as stack,
     TrainState as TrainState,
+    unstack as unstack,
 )
 from ._version import __version__ as __version__

@@ -8,7 +8,6 @@ setting, its default and its help text come from one place.
 
 import argparse
 import dataclasses
-import math
 import sys
 import typing
 import warnings
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checkpoint import load
+from ._cli_values import BY_TYPE, indices, Parser, positive_int, seed, seed_list, SPECIAL
 from ._config import flag_of, RunConfig, settable_fields, with_settings
 from ._envs import make_env
 from ._registry import MODELS
@@ -42,87 +42,6 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-")
 
 
-# ---------------------------------------------------------------------- value parsers
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _integer(text: str, what: str, low: int, high: int | None = None) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < low or (high is not None and value >= high):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _integer(text, "a positive integer", 1)
-
-
-def _seed(text: str) -> int:
-    return _integer(text, "an integer seed in [0, 2**63)", 0, 2**63)
-
-
-def _budget(text: str) -> int:
-    try:
-        number = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of steps, got {text!r}") from None
-    if not math.isfinite(number) or number >= 2**62:
-        raise argparse.ArgumentTypeError(f"expected a finite number of steps, got {text!r}")
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"the budget must not be negative, got {int(number)}")
-    return int(number)
-
-
-def _seed_list(text: str) -> tuple[int, ...]:
-    seeds = tuple(_seed(part) for part in text.split(","))
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
-    return seeds
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _float_or_none(text: str) -> float | None:
-    return None if text.lower() == "none" else _float(text)
-
-
-def _indices(text: str) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated indices like 1,3, got {text!r}"
-        ) from None
-
-
-_SPECIAL: dict[str, Any] = {"ppo.total_steps": _budget, "seed": _seed}
-_BY_TYPE: dict[Any, Any] = {
-    int: _positive_int,
-    int | None: _positive_int,
-    float: _float,
-    float | None: _float_or_none,
-    tuple[int, ...]: _indices,
-    str: str,
-}
-
-
 def _add_setting(group, path: str, field: dataclasses.Field) -> None:
     """One `train` option for a config field: flag, parser, choices and help from the
     field; the default shown is the dataclass's."""
@@ -140,7 +59,7 @@ def _add_setting(group, path: str, field: dataclasses.Field) -> None:
     elif path == "model.model":
         kwargs["choices"] = tuple(MODELS)
     else:
-        kwargs["type"] = _SPECIAL.get(path) or _BY_TYPE[field.type]
+        kwargs["type"] = SPECIAL.get(path) or BY_TYPE[field.type]
     text = field.metadata["help"]
     if "(default" not in text:
         text = f"{text} (default {shown})"
@@ -148,12 +67,12 @@ def _add_setting(group, path: str, field: dataclasses.Field) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Train and evaluate recurrent actor-critics with PPO.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     tr = sub.add_parser(
         "train",
@@ -171,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     g = groups[""]
     g.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=seed_list,
         default=None,
         help="train one run per seed, e.g. 0,1,2,3, all in one compiled program: a "
         "directory per seed and a plot of their mean (instead of --seed)",
@@ -221,14 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--env", default=None, help="the task (default: the one in the run's run.json)")
     ev.add_argument(
-        "--hide", type=_indices, default=None, help="observation indices to hide (with --env)"
+        "--hide", type=indices, default=None, help="observation indices to hide (with --env)"
     )
-    ev.add_argument("--episodes", type=_positive_int, default=100, help="episodes (default 100)")
-    ev.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    ev.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
+    ev.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     ev.add_argument(
         "--stochastic", action="store_true", help="sample actions instead of acting greedily"
     )
-    ev.add_argument("--max-steps", type=_positive_int, default=10_000, help="episode cap")
+    ev.add_argument("--max-steps", type=positive_int, default=10_000, help="episode cap")
     return parser
 
 

@@ -30,10 +30,17 @@ import numpy as np
 from ._actor_critic import AbstractActorCritic
 from ._config import RunConfig, with_settings
 from ._envs import Environment, make_env
-from ._ppo import PPO, stack, unstack
+from ._ppo import PPO
 from ._registry import make_model
 from ._run_dir import METRIC_FIELDS, RunDir, tensorboard_available
-from ._train_state import load_train_state, read_checkpoint_config, shard_train_state, TrainState
+from ._train_state import (
+    load_train_state,
+    read_checkpoint_config,
+    shard_train_state,
+    stack,
+    TrainState,
+    unstack,
+)
 
 
 class DivergenceError(ValueError):

@@ -259,3 +259,20 @@ def load_train_state(path: str | os.PathLike, like: TrainState) -> TrainState:
 
         values[name] = jax.tree.map(fill, tree)
     return TrainState(**values)
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stack pytrees of one structure along a new leading axis: their arrays are
+    stacked, everything else (a model's static parts) is taken from the first.
+
+    The inverse of [`eqx_lstm_ac.unstack`][]. Used to run several seeds in one program
+    (see [`eqx_lstm_ac.PPO.train_steps`][]).
+    """
+    arrays = [eqx.filter(t, eqx.is_array) for t in trees]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *arrays)
+    return eqx.combine(stacked, eqx.filter(trees[0], eqx.is_array, inverse=True))
+
+
+def unstack(tree: PyTree, i: int) -> PyTree:
+    """Member `i` of a stack made by [`eqx_lstm_ac.stack`][]."""
+    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
