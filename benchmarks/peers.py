@@ -21,7 +21,7 @@ import eqx_lstm_ac as lac
 
 
 OBS, HIDDEN, LSTM, ACTIONS = 32, 64, 128, 4
-"""The sizes of the issue: observations 32, encoder 64, LSTM 128, 4 actions."""
+"""The reference model's sizes: observations 32, encoder 64, LSTM 128, 4 actions."""
 
 LOG_2PI = math.log(2.0 * math.pi)
 

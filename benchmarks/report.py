@@ -52,19 +52,21 @@ def sequence_rows(results):
     return rows
 
 
-def sequence_table(results) -> list[str]:
-    """The sequence-mode rows as a Markdown table."""
+def sequence_table(results, modes=("fwd", "fwd_bwd")) -> list[str]:
+    """The sequence-mode rows as a Markdown table (narrow enough for the site's column)."""
     lines = [
-        "| T | B | pass | ours (ms) | ours via `eqx.filter_jit` (ms) | flax nnx (ms) "
-        "| torch (ms) | speed-up vs faster peer | ours GFLOP/s | of matmul peak |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| T | B | pass | ours (ms) | flax nnx (ms) | torch (ms) | ours vs faster peer "
+        "| GFLOP/s (of peak) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sequence_rows(results):
+        if r["mode"] not in modes:
+            continue
         lines.append(
-            f"| {r['T']} | {r['B']} | {r['mode'].replace('_', '+')} | {r['ours_ms']:.2f} "
-            f"| {_fmt(r['filter_ms'], 1)} "
-            f"| {r['flax_ms']:.2f} | {_fmt(r['torch_ms'], 1)} | **{r['speedup']:.2f}x** "
-            f"({r['vs']}) | {r['gflops']:.0f} | {100 * r['peak_frac']:.0f}% |"
+            f"| {r['T']} | {r['B']} | {r['mode'].replace('_', '+')} | {r['ours_ms']:.1f} "
+            f"| {r['flax_ms']:.1f} | {_fmt(r['torch_ms'], 1, 1)} | **{r['speedup']:.2f}x** "
+            f"({r['vs'].replace('_1t', '')}) | {r['gflops']:.0f} "
+            f"({100 * r['peak_frac']:.0f}%) |"
         )
     return lines
 
@@ -77,11 +79,11 @@ def summary_table(results) -> str:
     lines.append(
         f"Machine: {meta['processor']}, {meta['cores']} cores ({meta['device']}); "
         f"jax {meta['jax']}, flax {meta['flax']}, torch {meta['torch']}; "
-        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after."
+        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after. "
+        f"Matmul peak (float32 `jnp.dot`, 2048x2048): {peak:.0f} GFLOP/s."
     )
-    lines.append(f"Matmul peak (float32 `jnp.dot`, 2048x2048): **{peak:.0f} GFLOP/s**.")
     lines.append("")
-    lines.append("### Sequence mode (ratios > 1: ours faster)")
+    lines.append("### Sequence mode")
     lines.append("")
     lines.extend(sequence_table(results))
     lines.append("")
@@ -102,11 +104,9 @@ def summary_table(results) -> str:
             f"| {t['flax'] / t['ours']:.2f}x |"
         )
     lines.append("")
-    lines.append(
-        "### 128-step rollout: fused `eqx_lstm_ac.rollout` vs a Python loop of jitted steps"
-    )
+    lines.append("### 128-step rollout: one `eqx_lstm_ac.rollout` call against a Python loop")
     lines.append("")
-    lines.append("| B | fused (us/step) | loop (us/step) | loop / fused |")
+    lines.append("| B | fused (us/step) | loop of jitted steps (us/step) | loop / fused |")
     lines.append("|---|---|---|---|")
     for r in results["rollout"]:
         p = r["per_step"]
@@ -118,16 +118,47 @@ def summary_table(results) -> str:
     lines.append("")
     lines.append(f"### Compile time and memory of forward + backward (T={c['T']}, B={c['B']})")
     lines.append("")
-    lines.append("| | compile (s) | vs flax | temp memory (MiB) |")
-    lines.append("|---|---|---|---|")
-    for name in ("ours", "ours_remat", "flax"):
+    names = ("ours", "ours_remat", "flax")
+    timed = all("run_s" in c[name] for name in names)  # the run time of each compiled pass
+    lines.append(
+        "| | compile (s) | flax's / this | temporary memory (MiB) |"
+        + (" one call (ms) |" if timed else "")
+    )
+    lines.append("|---|---|---|---|" + ("---|" if timed else ""))
+    for name in names:
         m = c[name]["temp_bytes"]
+        label = {"ours": "ours", "ours_remat": "ours, `remat=True`", "flax": "flax nnx"}[name]
         lines.append(
-            f"| {name.replace('_', ' ')} | {c[name]['compile_s']:.2f} "
-            f"| {c['flax']['compile_s'] / c[name]['compile_s']:.2f}x faster "
+            f"| {label} | {c[name]['compile_s']:.2f} "
+            f"| {c['flax']['compile_s'] / c[name]['compile_s']:.2f}x "
             f"| {'-' if m is None else f'{m / 2**20:.1f}'} |"
+            + (f" {c[name]['run_s'] * 1e3:.0f} |" if timed else "")
         )
     return "\n".join(lines)
+
+
+def headline(results) -> dict[str, str]:
+    """The figures the page's first paragraph quotes, from the results."""
+    rows = {(r["T"], r["B"], r["mode"]): r for r in sequence_rows(results)}
+    h = rows[(128, 256, "fwd_bwd")]
+    c = results["compile"]
+    step = {r["B"]: r["times"] for r in results["step"]}
+    roll = {r["B"]: r["per_step"] for r in results["rollout"]}
+    big = [r for r in sequence_rows(results) if r["B"] >= 256 and r["mode"] == "fwd_bwd"]
+    small = [r for r in sequence_rows(results) if r["B"] == 16]
+    return {
+        "ours_ms": f"{h['ours_ms']:.0f}",
+        "flax_ms": f"{h['flax_ms']:.0f}",
+        "torch_ms": _fmt(h["torch_ms"], 1, 0),
+        "speedup": f"{h['speedup']:.2f}",
+        "big_range": f"{min(r['speedup'] for r in big):.2f}-{max(r['speedup'] for r in big):.2f}",
+        "memory": f"{c['ours']['temp_bytes'] / 2**20:.0f}",
+        "flax_memory": f"{c['flax']['temp_bytes'] / 2**20:.0f}",
+        "memory_ratio": f"{c['flax']['temp_bytes'] / c['ours']['temp_bytes']:.1f}",
+        "step_ratio": f"{_torch_best(step[1]) / step[1]['ours']:.1f}",
+        "rollout_ratio": f"{roll[1]['loop'] / roll[1]['fused']:.0f}",
+        "small_worst": f"{1 / min(r['speedup'] for r in small):.1f}",
+    }
 
 
 def plot(results, path):
@@ -168,99 +199,110 @@ def plot(results, path):
 
 PAGE = """# Benchmarks
 
-How fast `eqx_lstm_ac` runs its model, measured side by side with two peers in the same
-process, at the sizes of the reference model (observations 32, encoder 64, LSTM 128,
-4 actions, float32):
+How fast `eqx_lstm_ac` runs its model, against the same model written with flax nnx and
+with PyTorch, in the same process, at the reference model's sizes (observations 32,
+encoder 64, LSTM 128, 4 actions, float32) on a 2-core CPU.
 
-- **flax nnx**: the spec's model written with `nnx.Linear`, `nnx.OptimizedLSTMCell` and
-  a `jax.lax.scan` over the cell, as the reference implementation does it;
-- **PyTorch**: `torch.nn.Linear` encoder and heads around `torch.nn.LSTM` (its fused CPU
-  kernel), with as many threads as cores (and, since a loaded machine can make
-  OpenMP's thread barriers very slow, also with one thread: the table shows the faster).
-
-All three are built from the same weights, and a test
-(`tests/test_benchmark_peers.py`) holds them to the same outputs. Each figure is the
-median of interleaved repetitions after warm-up, with `block_until_ready`. Only the
-ratios mean something: the machine is shared and its load changes.
-
-Regenerate this page with
-
-```bash
-bash scripts/bench.sh            # full grid, a few minutes; --quick for a smoke run
-```
-
-which sets up `.venv` with the `bench` extra, runs `python -m benchmarks.run` (results
-in `benchmarks/results/cpu.json`) and then `python -m benchmarks.report`.
-
-## What was measured
-
-- **Sequence mode**, forward and forward + backward of a PPO-like loss (log-probability
-  of fixed actions, value squared error, entropy), at $T \\in \\{32, 128\\}$ and
-  $B \\in \\{16, 256, 1024\\}$. "Of matmul peak" is the model's matmul FLOPs per second as
-  a fraction of a large float32 `jnp.dot` on the same machine. Ours and flax are each one
-  `jax.jit` of a function of the parameter arrays, as a training step calls them; the
-  `eqx.filter_jit` column is the same computation called on the model object, which
-  adds Equinox's per-call cost of flattening and splitting it.
-- **Single step**: one compiled call (sample an action, its log-probability and the
-  value; the carry in `eqx.nn.State`) through `eqx_lstm_ac.Actor` and through
-  `model.act`, against the same step of each peer.
-- **Fused rollout**: 128 steps of policy and a toy JAX environment in one
-  `eqx_lstm_ac.rollout` call, against a Python loop of one jitted step per call.
-- **Compile time** of the forward + backward pass, and its temporary memory from the
-  compiled executable's memory analysis, with and without `remat`.
+**In short.** One training pass (forward and backward of a PPO loss) over 128 steps of
+256 environments takes {ours_ms} ms, against {flax_ms} ms for flax nnx and {torch_ms} ms
+for PyTorch: **{speedup}x** the faster peer ({big_range}x at every shape with 256 or
+more environments), with {memory} MiB of temporary memory where flax needs
+{flax_memory} MiB ({memory_ratio}x less). A single step from Python through
+`eqx_lstm_ac.Actor` is {step_ratio}x faster than PyTorch's at batch 1, and a rollout
+fused into one `eqx_lstm_ac.rollout` call costs {rollout_ratio}x less per step than a
+Python loop. PyTorch's fused LSTM stays faster at 16 environments (up to
+{small_worst}x), and part of the lead at large batches is memory allocation (see the
+caveats below).
 
 ![Sequence mode, speed relative to flax](images/benchmarks.png)
 
 ## Results
 
+Ratios above 1 mean `eqx_lstm_ac` is faster. Only the ratios carry over to another
+machine; the milliseconds are this one's.
+
 {tables}
 
-## How `eqx_lstm_ac` gets there
+## What was measured
 
-- **Batched matmuls**: each step computes `(B, I) @ (I, 4H)` with the cell's own weights,
-  pre-transposed once outside the scan, instead of a `vmap` of matrix-vector products.
-- **Chunks of about 1024 rows**: the sequence is cut into chunks of `1024 / B` steps
-  (at least 2). Inside a chunk the encoder, the input projection and the heads' readout
-  are one matmul each over all the chunk's rows, and only `h @ W_hh` runs step by step.
-  Whole-sequence hoisting makes a `(T, B, 4H)` tensor that falls out of cache; one step
-  at a time loses the large matmuls; chunks keep both.
-- **One `tanh` for all four gates**: `sigmoid(x) = tanh(x / 2) / 2 + 1 / 2` (halving is
-  exact: a power of two). XLA's CPU `logistic` lowers to
-  an exponential and a division, and the step's elementwise work took 130 us at
-  B = 256 that way against 18 us with one `tanh`.
-- **A hand-written reverse pass** (`jax.custom_vjp`) that keeps little: the hidden state
-  `h` of every step and the cell state `c` entering each chunk, not the `4H` gates nor
-  `c` of every step. Per chunk, the reverse pass recomputes the gates with one matmul of
-  `[z, h_prev] @ [W_ih; W_hh]` and the cell states elementwise from them, runs only the
-  recurrence step by step (gate gradients and `d_gates @ W_hh`), and then computes the
-  weight gradients and the encoder's gradients as one matmul each over the chunk's rows.
-  The linear heads are read out inside the kernel, so the `(T, B, H)` hidden states and
-  their cotangent never leave it, and the observations' gradient is computed only when
-  it is asked for. At T=128, B=256 this is 31 MiB of temporaries (flax: 259 MiB), under
-  the 32 MiB above which glibc's allocator maps fresh pages for every call (see the
-  notes below). It matches `jax.grad` of the plain scan to float32 precision, with the
-  gradients of the observations and of the initial carry, with episode starts inside
-  the sequence and across chunk boundaries (`tests/test_speed_exactness.py`).
-  `remat=True` keeps the plain scan with the step under `jax.checkpoint` (twice the
-  memory, since it keeps `h` and `c` of every step; slower; and forward-mode
-  differentiation too).
-- **`eqx_lstm_ac.Actor`** for single steps from Python: `model.act` is an
-  `eqx.filter_jit` method that flattens and splits the model on every call; an `Actor`
-  splits it once and calls a plain `jax.jit` function of the arrays.
-- **Fused rollouts**: `eqx_lstm_ac.rollout` runs many environment steps in one compiled
-  `jax.lax.scan`, which removes the per-call dispatch cost of single steps.
+- **Sequence mode**: forward, and forward + backward of a PPO-like loss
+  (log-probability of fixed actions, value error, entropy), for $T \\in \\{32, 128\\}$
+  steps and $B \\in \\{16, 256, 1024\\}$ environments. Ours and flax are each one
+  `jax.jit` of a function of the parameter arrays, as a training step calls them
+  (through `eqx.filter_jit` on the model object ours is within the noise of that).
+  PyTorch runs its fused `torch.nn.LSTM`, with 2 threads and with 1; the table shows
+  the faster. GFLOP/s counts the model's matmuls, as a fraction of a large `jnp.dot`.
+- **Single step**: sample an action, its log-probability and the value, the carry in
+  `eqx.nn.State`, through `eqx_lstm_ac.Actor` and through `model.act`.
+- **Fused rollout**: 128 steps of policy and a small JAX environment in one call,
+  against a Python loop of one jitted step per call.
+- **Compile time** of forward + backward, and its temporary memory from the compiled
+  executable's memory analysis.
 
-{notes}
+All three models are built from the same weights and held to the same outputs by
+`tests/test_benchmark_peers.py`. Each figure is the median of 15 interleaved rounds
+after warm-up (round `r` of every shape before round `r + 1` of any, the peers' order
+rotating), because the machine is shared: differences under about 10% are noise.
+
+Reproduce (a few minutes; `--quick` for a smoke run):
+
+```bash
+bash scripts/bench.sh
+```
+
+It sets up `.venv` with the `bench` extra, writes `benchmarks/results/cpu.json` and
+regenerates this page and its plot.
+
+## Where the speed comes from
+
+- **Chunks of about 1024 rows** (steps x environments): inside a chunk the encoder, the
+  input projection and the heads' readout are one matmul each, and only `h @ W_hh` runs
+  step by step.
+- **A hand-written reverse pass** (`jax.custom_vjp`) that keeps only `h` of every step
+  and `c` where each chunk begins, and recomputes the gates one matmul per chunk. It
+  equals `jax.grad` of the plain scan to float32 precision
+  (`tests/test_speed_exactness.py`), and its temporaries stay under the 32 MiB above
+  which glibc's allocator maps fresh pages on every call.
+- **One `tanh` for all four gates** ($\\sigma(x) = \\tanh(x/2)/2 + 1/2$), where XLA's CPU
+  `logistic` costs an exponential and a division.
+- **`eqx_lstm_ac.Actor`** splits the model once and calls a plain `jax.jit` function,
+  where `model.act` (`eqx.filter_jit`) flattens the model on every call.
+
+## Caveats
+
+Part of the lead at large batches is memory: the peers allocate temporaries of hundreds
+of MiB anew on every call, and the first touch of fresh pages is slow. With glibc told
+to keep freed memory (`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=100000000000`, exported before Python starts; the library cannot
+set them for you), the peers speed up and ours does not; forward + backward then reads:
+
+{malloc_tuned}
+
+- At 16 environments the step's `(16, 128) @ (128, 512)` product is too small for XLA's
+  CPU backend to split across cores; PyTorch's fused kernel is faster there.
+- Compiling forward + backward takes longer than flax's (more, smaller kernels); with
+  `remat=True` (a plain scan under `jax.checkpoint`) it compiles as fast, with twice
+  the memory and a slower pass.
+
+Tried and measured no better: unrolling the scans; one matmul on `[z, h]` per step;
+pipelining the reverse pass across chunks; per-gate nonlinearities; other chunk sizes
+(512 to 2048 rows); YNNPACK fusion and XLA's lower optimisation levels. The profile and
+every measurement behind these lines are in `benchmarks/NOTES.md`.
 """
 
 
-def write_page(results, page_path, image_path, notes=""):
+def write_page(results, page_path, image_path, malloc_tuned=""):
     plot(results, image_path)
     rel = os.path.relpath(image_path, os.path.dirname(page_path))
-    text = PAGE.replace("{tables}", summary_table(results)).replace("{notes}", notes)
+    text = PAGE.replace("{tables}", summary_table(results))
+    text = text.replace("{malloc_tuned}", malloc_tuned)
+    for key, value in headline(results).items():
+        text = text.replace("{" + key + "}", value)
     text = text.replace("images/benchmarks.png", rel).replace("\\\\", "\\")
-    with open(page_path, "w") as f:
+    tmp = page_path + ".tmp"
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, page_path)
 
 
 def main(argv=None):
@@ -268,22 +310,18 @@ def main(argv=None):
     path = argv[0] if argv else os.path.join(ROOT, "benchmarks", "results", "cpu.json")
     with open(path) as f:
         results = json.load(f)
-    notes_path = os.path.join(ROOT, "benchmarks", "results", "notes.md")
-    notes = open(notes_path).read() if os.path.exists(notes_path) else ""
     tuned_path = os.path.join(ROOT, "benchmarks", "results", "cpu-malloc-tuned.json")
+    malloc_tuned = "(no `benchmarks/results/cpu-malloc-tuned.json` yet)"
     if os.path.exists(tuned_path):
         with open(tuned_path) as f:
             tuned = json.load(f)
-        notes = notes.replace(
-            "{malloc_tuned_table}",
-            f"Matmul peak in that run: {tuned['matmul_gflops']:.0f} GFLOP/s.\n\n"
-            + "\n".join(sequence_table(tuned)),
-        )
+        table = sequence_table(tuned, modes=("fwd_bwd",))
+        malloc_tuned = "\n".join(table)
     write_page(
         results,
         os.path.join(ROOT, "docs", "benchmarks.md"),
         os.path.join(ROOT, "docs", "images", "benchmarks.png"),
-        notes,
+        malloc_tuned,
     )
     print(f"wrote docs/benchmarks.md from {path}")
 

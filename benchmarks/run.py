@@ -9,6 +9,7 @@ file that `python -m benchmarks.report` turns into `docs/benchmarks.md`.
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -343,6 +344,7 @@ def bench_compile(t_len, batch, repeats):
     cases = {"ours": (ours_fn, False), "ours_remat": (ours_fn, True), "flax": (flax_fn, False)}
     samples = {name: [] for name in cases}
     memory = {}
+    calls = {}
     for _ in range(repeats):
         for name, (make, remat) in cases.items():
             fn, params = make(remat)
@@ -353,8 +355,15 @@ def bench_compile(t_len, batch, repeats):
             mem = compiled.memory_analysis()
             memory[name] = None if mem is None else int(mem.temp_size_in_bytes)
             block(compiled(params, xs, actions, returns))
+            calls[name] = functools.partial(compiled, params, xs, actions, returns)
+    # the same three programs run, interleaved: what `remat` costs in time
+    run_s = compare(calls, max(3, 3 * repeats), 0.1)
     for name in cases:
-        out[name] = {"compile_s": statistics.median(samples[name]), "temp_bytes": memory[name]}
+        out[name] = {
+            "compile_s": statistics.median(samples[name]),
+            "temp_bytes": memory[name],
+            "run_s": run_s[name],
+        }
     log(f"  compile T={t_len} B={batch}: {out}")
     return out
 
