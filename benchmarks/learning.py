@@ -26,6 +26,7 @@ Run:
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -111,20 +112,8 @@ def train_seeds(config: lac.RunConfig, seeds: list[int], eval_episodes: int) -> 
     """Train `seeds` runs of `config` in one program; evaluate each deterministically."""
     env = lac.make_env(config.env, config.hide)
     ppo = lac.PPO(config.ppo, env)
-    m = config.model
-
-    def make(key):
-        return lac.make_model(
-            env,
-            m.model,
-            hidden_features=m.hidden_features,
-            features=m.features,
-            activation=m.activation,
-            key=key,
-        )
-
     t0 = time.perf_counter()
-    ts = ppo.init_seeds(seeds, make)
+    ts = ppo.init_seeds(seeds, functools.partial(config.model.make, env))
     curves: list[list[float | None]] = [[] for _ in seeds]
     first = None
     for _ in range(config.ppo.num_updates):

@@ -237,6 +237,19 @@ class ModelConfig:
         """The inverse of `to_dict`."""
         return _from_dict(cls, data)
 
+    def make(self, env: Any, *, key: Any) -> Any:
+        """This model for `env`: [`eqx_lstm_ac.make_model`][] with these fields."""
+        from ._registry import make_model  # the registry imports this module
+
+        return make_model(
+            env,
+            self.model,
+            hidden_features=self.hidden_features,
+            features=self.features,
+            activation=self.activation,
+            key=key,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:

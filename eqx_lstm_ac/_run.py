@@ -15,6 +15,7 @@ that passes its checksums), and a second run on the same directory (refused by a
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -31,7 +32,6 @@ from ._actor_critic import AbstractActorCritic
 from ._config import RunConfig, with_settings
 from ._envs import Environment, make_env
 from ._ppo import PPO
-from ._registry import make_model
 from ._run_dir import METRIC_FIELDS, RunDir, tensorboard_available
 from ._train_state import (
     load_train_state,
@@ -82,19 +82,7 @@ def make_run_env(config: RunConfig) -> Environment:
 
 
 def _initial_state(config: RunConfig, env: Environment, ppo: PPO) -> TrainState:
-    m = config.model
-
-    def make(key):
-        return make_model(
-            env,
-            m.model,
-            hidden_features=m.hidden_features,
-            features=m.features,
-            activation=m.activation,
-            key=key,
-        )
-
-    return ppo.init_seed(config.seed, make)
+    return ppo.init_seed(config.seed, functools.partial(config.model.make, env))
 
 
 def _json_float(x: float) -> float | None:

@@ -18,21 +18,7 @@ import pytest
 import eqx_lstm_ac as lac
 
 from .test_cli import _one_line_error, _run, TINY
-
-
-def _config(total_steps, **ppo):
-    return lac.RunConfig(
-        env="memory:delay=3",
-        model=lac.ModelConfig(hidden_features=8, features=8),
-        ppo=lac.PPOConfig(
-            num_envs=4,
-            num_steps=8,
-            num_minibatches=2,
-            total_steps=total_steps,
-            lr_schedule="constant",
-            **ppo,
-        ),
-    )
+from .test_run import _config
 
 
 def _leaves(tree):

@@ -11,7 +11,8 @@ import pytest
 import eqx_lstm_ac as lac
 
 
-def _config(total_steps):
+def _config(total_steps, **ppo):
+    """A tiny run: 32 steps per update on the memory task with a delay of 3."""
     return lac.RunConfig(
         env="memory:delay=3",
         model=lac.ModelConfig(hidden_features=8, features=8),
@@ -21,6 +22,7 @@ def _config(total_steps):
             num_minibatches=2,
             total_steps=total_steps,
             lr_schedule="constant",
+            **ppo,
         ),
     )
 

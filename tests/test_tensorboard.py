@@ -10,7 +10,7 @@ import pytest
 
 import eqx_lstm_ac as lac
 
-from .test_faults import _config
+from .test_run import _config
 
 
 event_accumulator = pytest.importorskip(
