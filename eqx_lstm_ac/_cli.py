@@ -323,6 +323,8 @@ def _group_summary(results: list[FitResult], path: Path, no_plot: bool) -> str:
     plot = RunDir(path).plot_file
     if not no_plot and plot.is_file():
         lines.append(f"  plot         {plot}")
+    if any((r.run_dir.path / "tensorboard").is_dir() for r in results):
+        lines.append(f"  tensorboard  one log per seed  (tensorboard --logdir {path})")
     return "\n".join(lines)
 
 
@@ -368,6 +370,9 @@ def _summary(result: FitResult, no_plot: bool) -> str:
             lines.append(f"  plot         {run.plot_file}")
         else:
             lines.append("  plot         skipped: matplotlib is not installed")
+    events = run.path / "tensorboard"
+    if events.is_dir():
+        lines.append(f"  tensorboard  {events}  (tensorboard --logdir {run.path})")
     return "\n".join(lines)
 
 

@@ -104,3 +104,19 @@ def test_missing_tensorboardx_is_a_clear_error_before_anything_is_written(
     lac.fit(_config(32), run, plot=False)  # the default: no events without the writer
     assert not (run / "tensorboard").exists()
     assert len(_rows(run)) == 1
+
+
+def test_the_command_line_writes_and_names_the_log_unless_told_not_to(tmp_path, capsys):
+    from .test_cli import _run, TINY
+
+    on, off = tmp_path / "on", tmp_path / "off"
+    code, out, _ = _run(capsys, "train", *TINY, "--total-steps", "64", "--out", str(on))
+    assert code == 0, out
+    assert f"tensorboard  {on / 'tensorboard'}" in out
+    _assert_events_match_metrics(on)
+    code, out, _ = _run(
+        capsys, "train", *TINY, "--total-steps", "64", "--no-tensorboard", "--out", str(off)
+    )
+    assert code == 0, out
+    assert "tensorboard" not in out
+    assert not (off / "tensorboard").exists()
