@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, overload, TypedDict, Unpack
 
 import jax
 import numpy as np
@@ -101,18 +101,20 @@ def _check_seeds(seeds: Sequence[int], devices: Any) -> list[int]:
     return seeds
 
 
+class _FitOptions(TypedDict, total=False):
+    """The keyword arguments of [`eqx_lstm_ac.fit`][] besides `seeds` (for its overloads)."""
+
+    resume_from: str | os.PathLike | None
+    devices: int | Sequence[Any] | None
+    on_start: Callable[[int, int], None] | None
+    on_update: Callable[[dict[str, Any]], None] | None
+    plot: bool
+    tensorboard: bool | None
+
+
 @overload
 def fit(
-    config: RunConfig,
-    out: str | os.PathLike,
-    *,
-    seeds: None = None,
-    resume_from: str | os.PathLike | None = None,
-    devices: int | Sequence[Any] | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    on_update: Callable[[dict[str, Any]], None] | None = None,
-    plot: bool = True,
-    tensorboard: bool | None = None,
+    config: RunConfig, out: str | os.PathLike, *, seeds: None = None, **options: Unpack[_FitOptions]
 ) -> FitResult: ...
 
 
@@ -122,12 +124,7 @@ def fit(
     out: str | os.PathLike,
     *,
     seeds: Sequence[int],
-    resume_from: None = None,
-    devices: None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    on_update: Callable[[dict[str, Any]], None] | None = None,
-    plot: bool = True,
-    tensorboard: bool | None = None,
+    **options: Unpack[_FitOptions],
 ) -> list[FitResult]: ...
 
 
