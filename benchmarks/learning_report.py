@@ -159,9 +159,9 @@ def write_report(data: dict[str, Any], page: Path, figure: Path) -> None:
         p = data["purejaxrl"]
         last = ", ".join(f"{r:.0f}" for r in p["last10_train_returns"])
         flags = (
-            "--env gymnax:CartPole-v1 --num-envs 4 --num-steps 128 --epochs 4 "
-            "--minibatches 4 --lr 2.5e-4 --ent-coef 0.01 --hidden 128 --features 128 "
-            "--activation relu --total-steps 5e5"
+            "--env gymnax:CartPole-v1 --num-envs 4 --num-steps 128 \\\n"
+            "    --epochs 4 --minibatches 4 --lr 2.5e-4 --ent-coef 0.01 \\\n"
+            "    --hidden 128 --features 128 --activation relu --total-steps 5e5"
         )
         lines += [
             "## PureJaxRL's configuration",
