@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
 
-from ._action_spaces import _unlift, describe_space, space_from_description
+from ._action_spaces import _lift, _unlift, describe_space, FreeSpace, space_from_description
 from ._distributions import CategoricalPolicy, GaussianPolicy
 from ._heads import add_bias, LogStdParameter, SoftplusStdHead
 from ._lstm_scan import keep_where, matmul_t
@@ -100,7 +100,8 @@ class AbstractActorCritic(eqx.Module):
     it has the shape `(*batch, n)`. A memoryless torso has the empty carry `()`.
 
     **Writing a new model.** Subclass this (the subclass is final), declare the fields
-    named below, set `obs_norm = None` in the constructor, and implement `zero_carry`,
+    named below, set the shared ones in the constructor with `self._init_policy(...)`
+    (or by hand, with `obs_norm = None`), and implement `zero_carry`,
     `torso`, `sequence_readout`, `metadata` and `make`; then add it to
     [`eqx_lstm_ac.MODELS`][]. The trainer, `rollout`, `save`/`load` and the command
     line take it from there; observation normalisation too.
@@ -181,6 +182,28 @@ class AbstractActorCritic(eqx.Module):
         return model
 
     # ------------------------------------------------------------------ construction
+
+    def _init_policy(
+        self,
+        sizes: dict[str, Any],
+        flags: dict[str, Any],
+        carry_shape: tuple[int, ...],
+        action_space: distrax.Bijector | None,
+    ) -> None:
+        """The part of a constructor every model shares: check the options (as
+        `check_options`), then set `obs_dim`, `action_dim`, `discrete`, the policy's
+        bijector `bij` and `obs_norm = None`. `sizes` holds `observation_space_size`
+        and `action_space_size` first, then the model's own sizes."""
+        check_options(sizes, flags, carry_shape, action_space)
+        self.obs_dim = sizes["observation_space_size"]
+        self.action_dim = sizes["action_space_size"]
+        self.discrete = bool(flags.get("discrete", False))
+        if self.discrete:
+            self.bij = None
+        else:
+            self.bij = _lift(FreeSpace() if action_space is None else action_space)
+        self.obs_norm = None
+
 
     @classmethod
     def from_metadata(

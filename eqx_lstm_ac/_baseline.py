@@ -10,12 +10,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ._action_spaces import _lift, FreeSpace
-from ._actor_critic import (
-    AbstractActorCritic,
-    check_options,
-    metadata_of,
-)
+from ._actor_critic import AbstractActorCritic, metadata_of
 from ._heads import (
     activation_name,
     ACTIVATIONS,
@@ -94,7 +89,7 @@ class MLPActorCritic(AbstractActorCritic):
         `ValueError` for a non-positive size, an unknown activation, or an action space
         given together with `discrete=True`.
         """
-        check_options(
+        self._init_policy(
             {
                 "observation_space_size": observation_space_size,
                 "action_space_size": action_space_size,
@@ -106,22 +101,15 @@ class MLPActorCritic(AbstractActorCritic):
             action_space,
         )
         k_enc, k_torso, k_mu, k_sigma, k_critic = jax.random.split(key, 5)
-        self.obs_dim = observation_space_size
-        self.action_dim = action_space_size
         self.hidden_features = hidden_features
         self.features = features
         self.activation = activation_name(activation)
         self.actor_sigma_head = actor_sigma_head
-        self.discrete = discrete
-        self.obs_norm = None
         gain = math.sqrt(2.0)
         self.encoder = orthogonal_linear(k_enc, observation_space_size, hidden_features, gain)
         self.torso_layer = orthogonal_linear(k_torso, hidden_features, features, gain)
         self.actor_mu, self.actor_sigma, self.critic = init_heads(
             (k_mu, k_sigma, k_critic), features, action_space_size, discrete, actor_sigma_head
-        )
-        self.bij = (
-            None if discrete else _lift(FreeSpace() if action_space is None else action_space)
         )
 
     @property

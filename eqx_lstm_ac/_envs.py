@@ -335,9 +335,6 @@ class GymnaxEnv(Environment):
     env_id: str = eqx.field(static=True)
     env: Any = eqx.field(static=True)
     params: PyTree
-    _obs_size: int = eqx.field(static=True)
-    _action_size: int = eqx.field(static=True)
-    _discrete: bool = eqx.field(static=True)
     _box: BoxSpace | None = eqx.field(static=True)
 
     def __init__(self, env_id: str):
@@ -354,33 +351,36 @@ class GymnaxEnv(Environment):
                 f"{', '.join(gymnax.registered_envs)}."
             )
         env, params = gymnax.make(env_id)
-        obs_space = env.observation_space(params)
         space = env.action_space(params)
+        if isinstance(space, spaces.Discrete):
+            box = None
+        elif isinstance(space, spaces.Box):
+            box = box_space(space.low, space.high, space.shape, env_id)
+        else:
+            raise ValueError(f"{env_id}: unsupported action space {type(space).__name__}.")
         self.env_id = env_id
         self.env = env
         self.params = params
-        self._obs_size = int(np.prod(obs_space.shape, dtype=np.int64))
-        self._discrete = isinstance(space, spaces.Discrete)
-        if self._discrete:
-            self._action_size = int(space.n)
-            self._box = None
-        elif isinstance(space, spaces.Box):
-            self._box = box_space(space.low, space.high, space.shape, env_id)
-            self._action_size = int(space.shape[0]) if space.shape else 1
-        else:
-            raise ValueError(f"{env_id}: unsupported action space {type(space).__name__}.")
+        self._box = box
+
+    # The sizes are read from gymnax's own spaces (at trace time, in Python), so they
+    # cannot drift from the environment they describe.
 
     @property
     def observation_size(self) -> int:
-        return self._obs_size
+        shape = self.env.observation_space(self.params).shape
+        return int(np.prod(shape, dtype=np.int64))
 
     @property
     def action_size(self) -> int:
-        return self._action_size
+        space = self.env.action_space(self.params)
+        if self._box is None:
+            return int(space.n)
+        return int(space.shape[0]) if space.shape else 1
 
     @property
     def discrete(self) -> bool:
-        return self._discrete
+        return self._box is None
 
     @property
     def action_space(self) -> distrax.Bijector | None:

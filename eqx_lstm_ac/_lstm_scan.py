@@ -51,17 +51,28 @@ def chunk_steps(t_len: int, batch: int) -> int:
     return max(1, min(t_len, max(2, CHUNK_ROWS // max(batch, 1))))
 
 
-class LSTMWeights(NamedTuple):
-    """The differentiable arrays of the encoder, the cell and the linear readout of the
-    hidden state (`eqx` layout: `(out, in)`)."""
+class Affine(NamedTuple):
+    """A linear layer's arrays in `eqx` layout: weight `(out, in)`, bias `(out,)`."""
 
-    w_enc: Float[Array, "hidden obs"]
-    b_enc: Float[Array, " hidden"]
+    w: Float[Array, "out in"]
+    b: Float[Array, " out"]
+
+
+class CellWeights(NamedTuple):
+    """The LSTM cell's input and recurrent weights and its bias (gates `i, f, g, o`)."""
+
     w_ih: Float[Array, "gates hidden"]
     w_hh: Float[Array, "gates lstm"]
     b: Float[Array, " gates"]
-    w_out: Float[Array, "out lstm"]
-    b_out: Float[Array, " out"]
+
+
+class LSTMWeights(NamedTuple):
+    """The differentiable arrays of the kernel: the encoder, the cell and the linear
+    readout of the hidden state."""
+
+    encoder: Affine
+    cell: CellWeights
+    readout: Affine
 
 
 def gate_scales(n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -206,14 +217,14 @@ def _forward(act, w: LSTMWeights, xs, keep, h0, c0, residuals: bool):
     step by step, then the readout as one matmul."""
     # The recurrent weight is transposed once per call: contracted in place, the step's
     # `(B, H) @ (H, 4H)` ran 7% slower at B=16.
-    w_hh_t = w.w_hh.T
-    b = _row(w.b, 2)  # added in the step, inside its elementwise fusion
+    w_hh_t = w.cell.w_hh.T
+    b = _row(w.cell.b, 2)  # added in the step, inside its elementwise fusion
     k = chunk_steps(xs.shape[0], xs.shape[1])
     t_len = xs.shape[0]
 
     def chunk(hc, inp, j):
         xs_j, keep_j = inp
-        zi = matmul_t(act(matmul_t(xs_j, w.w_enc) + _row(w.b_enc, 3)), w.w_ih)
+        zi = matmul_t(act(matmul_t(xs_j, w.encoder.w) + _row(w.encoder.b, 3)), w.cell.w_ih)
 
         def step(hc, inp):
             zi_t, k_t = inp
@@ -222,7 +233,7 @@ def _forward(act, w: LSTMWeights, xs, keep, h0, c0, residuals: bool):
             return hc, hc[0]
 
         hc_last, hs = jax.lax.scan(step, hc, (zi, keep_j))
-        ys = matmul_t(hs, w.w_out) + _row(w.b_out, 3)
+        ys = matmul_t(hs, w.readout.w) + _row(w.readout.b, 3)
         return hc_last, (ys, ChunkResiduals(hs, hc[1]) if residuals else None)
 
     hc, out = over_chunks(chunk, (h0, c0), split_chunks((xs, keep), k), t_len % k > 0, t_len >= k)
@@ -270,9 +281,9 @@ def _backward_chunk(
     n = hs.shape[-1]
     # The hidden state entering every step, after its reset.
     h_prev = keep_where(keep, jnp.concatenate([h_entry[None], hs[:-1]], axis=0))
-    z, act_vjp = jax.vjp(act, matmul_t(xs, w.w_enc) + _row(w.b_enc, 3))
+    z, act_vjp = jax.vjp(act, matmul_t(xs, w.encoder.w) + _row(w.encoder.b, 3))
     zh = jnp.concatenate([z, h_prev], axis=-1)
-    gates = lstm_gates(matmul_t(zh, w_zh) + _row(w.b, 3))
+    gates = lstm_gates(matmul_t(zh, w_zh) + _row(w.cell.b, 3))
     i, f, g, o = (gates[..., j * n : (j + 1) * n] for j in range(4))
 
     def c_step(c, inp):
@@ -289,7 +300,7 @@ def _backward_chunk(
         [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)],
         axis=-1,
     )
-    d_hs = d_ys @ w.w_out
+    d_hs = d_ys @ w.readout.w
 
     def step(dhc, inp):
         dh_next, dc_next = dhc
@@ -297,7 +308,7 @@ def _backward_chunk(
         dh = dh_out + dh_next
         dc = dc_next + dh * dc_dh_t
         d_pre = jnp.concatenate([dc, dc, dc, dh], axis=-1) * local_t
-        return (keep_where(k_t, d_pre @ w.w_hh), keep_where(k_t, dc * f_t)), d_pre
+        return (keep_where(k_t, d_pre @ w.cell.w_hh), keep_where(k_t, dc * f_t)), d_pre
 
     (dh, dc), d_pre = jax.lax.scan(
         step, (dh_next, dc_next), (d_hs, local, dc_dh, f, keep), reverse=True
@@ -310,26 +321,24 @@ def _backward_chunk(
     # barrier keeps XLA from folding it back into the product) lets it run as a plain
     # matmul, about 8% of the whole pass at T=128, B=256.
     d_zh = jax.lax.optimization_barrier(d_pre.T) @ zh
-    (d_enc,) = act_vjp((d_pre @ w.w_ih).reshape(z.shape))
+    (d_enc,) = act_vjp((d_pre @ w.cell.w_ih).reshape(z.shape))
     d_enc = d_enc.reshape(rows, d_enc.shape[-1])
     x_rows = xs.reshape(rows, obs)
     hidden = z.shape[-1]
     grads = (
-        d_enc.T @ x_rows,
-        jnp.sum(d_enc, axis=0),
-        d_zh[:, :hidden],
-        d_zh[:, hidden:],
-        jnp.sum(d_pre, axis=0),
+        Affine(d_enc.T @ x_rows, jnp.sum(d_enc, axis=0)),
+        CellWeights(d_zh[:, :hidden], d_zh[:, hidden:], jnp.sum(d_pre, axis=0)),
     )
     acc = jax.tree.map(jnp.add, acc, grads)
-    d_xs = (d_enc @ w.w_enc).reshape(xs.shape) if d_xs_needed else None
+    d_xs = (d_enc @ w.encoder.w).reshape(xs.shape) if d_xs_needed else None
     return (dh, dc, acc), d_xs
 
 
 def _lstm_bwd(act, saved: Saved, cts):
     w, xs, keep, h0, res, d_xs_needed = saved
     d_ys, d_h_last, d_c_last = (_instantiate(ct, xs) for ct in cts)
-    w_zh = jnp.concatenate([w.w_ih, w.w_hh], axis=1)  # (4H, hidden + H), for [z, h_prev]
+    # (4H, hidden + H), for [z, h_prev]
+    w_zh = jnp.concatenate([w.cell.w_ih, w.cell.w_hh], axis=1)
     k = chunk_steps(xs.shape[0], xs.shape[1])
     chunks = split_chunks((xs, keep, d_ys), k)
     res_head, res_body = res
@@ -354,17 +363,17 @@ def _lstm_bwd(act, saved: Saved, cts):
         )
 
     # The gradients of the encoder and the cell, accumulated chunk by chunk.
-    carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, tuple(w[:5])))
+    carry = (d_h_last, d_c_last, jax.tree.map(jnp.zeros_like, (w.encoder, w.cell)))
     carry, d_xs = over_chunks(
         chunk, carry, chunks, res_head is not None, res_body is not None, reverse=True
     )
-    dh0, dc0, (d_w_enc, d_b_enc, d_w_ih, d_w_hh, d_b) = carry
+    dh0, dc0, (d_encoder, d_cell) = carry
     # The readout's gradients: one matmul over all the steps, after the chunks.
     hs_rows = join_chunks(Chunks(*(None if r is None else r.hs for r in res)))
-    hs_rows = hs_rows.reshape(-1, w.w_out.shape[1])
+    hs_rows = hs_rows.reshape(-1, w.readout.w.shape[1])
     d_w_out = d_ys.reshape(hs_rows.shape[0], -1).T @ hs_rows
     d_b_out = jnp.sum(d_ys, axis=(0, 1))
-    grads = LSTMWeights(d_w_enc, d_b_enc, d_w_ih, d_w_hh, d_b, d_w_out, d_b_out)
+    grads = LSTMWeights(d_encoder, d_cell, Affine(d_w_out, d_b_out))
     # `keep` is data (episode starts), never differentiated.
     return grads, join_chunks(d_xs) if d_xs_needed else None, None, dh0, dc0
 
@@ -386,9 +395,10 @@ def lstm_sequence(
 
     `keep[t, b]` is false where observation `t` of environment `b` begins an episode
     (the carry is zeroed before step `t`) and true elsewhere; `None` means no episode
-    starts inside the sequence. Returns the readout `h_t @ w_out.T + b_out` of every
-    step `(T, B, out)` and the final carry. The hidden states themselves never leave
-    the kernel: their `(T, B, H)` cotangent is never materialised.
+    starts inside the sequence. Returns the readout of every step,
+    `h_t @ w.readout.w.T + w.readout.b` of shape `(T, B, out)`, and the final carry.
+    The hidden states themselves never leave the kernel: their `(T, B, H)` cotangent
+    is never materialised.
     """
     w, xs, keep, h0, c0 = _same_variance((w, xs, keep, h0, c0))
     return _lstm(act, w, xs, keep, h0, c0)

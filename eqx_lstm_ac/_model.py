@@ -11,12 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ._action_spaces import _lift, FreeSpace
-from ._actor_critic import (
-    AbstractActorCritic,
-    check_options,
-    metadata_of,
-)
+from ._actor_critic import AbstractActorCritic, metadata_of
 from ._heads import (
     activation_name,
     ACTIVATIONS,
@@ -27,7 +22,15 @@ from ._heads import (
     orthogonal_linear,
     SoftplusStdHead,
 )
-from ._lstm_scan import keep_where, lstm_sequence, lstm_update, LSTMWeights, matmul_t
+from ._lstm_scan import (
+    Affine,
+    CellWeights,
+    keep_where,
+    lstm_sequence,
+    lstm_update,
+    LSTMWeights,
+    matmul_t,
+)
 
 
 class LSTMCarry(NamedTuple):
@@ -177,7 +180,7 @@ class LSTMActorCritic(AbstractActorCritic):
         `ValueError` for a non-positive size, an unknown activation, an action space
         given together with `discrete=True`, or a bijector of the wrong event rank.
         """
-        check_options(
+        self._init_policy(
             {
                 "observation_space_size": observation_space_size,
                 "action_space_size": action_space_size,
@@ -188,14 +191,10 @@ class LSTMActorCritic(AbstractActorCritic):
             tuple(carry_shape),
             action_space,
         )
-        self.obs_dim = observation_space_size
-        self.action_dim = action_space_size
         self.hidden_features = hidden_features
         self.lstm_features = lstm_features
         self.activation = activation_name(activation)
         self.actor_sigma_head = actor_sigma_head
-        self.discrete = discrete
-        self.obs_norm = None
         self.remat = remat
 
         layers = _init_layers(
@@ -208,10 +207,6 @@ class LSTMActorCritic(AbstractActorCritic):
             actor_sigma_head,
         )
         self.encoder, self.cell, self.actor_mu, self.actor_sigma, self.critic = layers
-        if discrete:
-            self.bij = None
-        else:
-            self.bij = _lift(FreeSpace() if action_space is None else action_space)
         self.carry_index = eqx.nn.StateIndex(self.zero_carry(tuple(carry_shape)))
 
     # ------------------------------------------------------------------ the interface
@@ -278,7 +273,9 @@ class LSTMActorCritic(AbstractActorCritic):
             b_enc = jnp.zeros((self.hidden_features,), self.encoder.weight.dtype)
         w_out, b_out = self.readout_weights()
         return LSTMWeights(
-            self.encoder.weight, b_enc, cell.weight_ih, cell.weight_hh, bias, w_out, b_out
+            Affine(self.encoder.weight, b_enc),
+            CellWeights(cell.weight_ih, cell.weight_hh, bias),
+            Affine(w_out, b_out),
         )
 
     def _scan_remat(
