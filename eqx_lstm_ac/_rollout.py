@@ -2,7 +2,7 @@
 used by the trainer, by evaluation and by users; and `Actor`, for environments driven
 from Python one step at a time."""
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -336,11 +336,11 @@ class Actor:
     update): it holds the arrays it was made with.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: AbstractActorCritic):
         """**Arguments:**
 
-        - `model`: an [`eqx_lstm_ac.LSTMActorCritic`][] or
-          [`eqx_lstm_ac.MLPActorCritic`][].
+        - `model`: any [`eqx_lstm_ac.AbstractActorCritic`][], e.g. an
+          [`eqx_lstm_ac.LSTMActorCritic`][] or an [`eqx_lstm_ac.MLPActorCritic`][].
         """
         params, static = eqx.partition(model, eqx.is_array)
         leaves, treedef = jax.tree_util.tree_flatten(params)
