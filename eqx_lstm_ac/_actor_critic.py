@@ -19,7 +19,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Shaped
 
 from ._action_spaces import _lift, _unlift, describe_space, FreeSpace, space_from_description
 from ._distributions import CategoricalPolicy, GaussianPolicy
-from ._heads import add_bias, LogStdParameter, SoftplusStdHead
+from ._heads import add_bias, check_options, LogStdParameter, SoftplusStdHead
 from ._lstm_scan import keep_where, matmul_t
 from ._normalize import RunningMoments
 
@@ -27,36 +27,6 @@ from ._normalize import RunningMoments
 _Actions = Float[Array, "*batch action"] | Int[Array, "*batch"]
 ActOutput = tuple[tuple[_Actions, Float[Array, "*batch"], Float[Array, "*batch"]], eqx.nn.State]
 """What `act` returns: `(action, log_prob, value), state`."""
-
-
-def check_options(
-    sizes: dict[str, Any],
-    flags: dict[str, Any],
-    carry_shape: tuple[int, ...],
-    action_space: distrax.Bijector | None,
-) -> None:
-    """The constructor checks shared by the actor-critic models."""
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}.")
-    if any((not isinstance(n, int)) or n < 0 for n in carry_shape):
-        raise ValueError(f"carry_shape must be a tuple of sizes, got {carry_shape!r}.")
-    if flags.get("discrete") and action_space is not None:
-        raise ValueError(
-            "A discrete (categorical) policy takes no action_space bijector; got "
-            f"{action_space!r} with discrete=True."
-        )
-    size, actions = getattr(action_space, "size", None), sizes.get("action_space_size")
-    if size is not None and actions is not None and size != actions:
-        raise ValueError(
-            f"The action space {action_space!r} has bounds for {size} coordinates; the "
-            f"model has action_space_size={actions}."
-        )
-    if flags.get("discrete") and flags.get("actor_sigma_head"):
-        raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")
 
 
 def _check_obs(obs_dim: int, x: Array, what: str) -> None:

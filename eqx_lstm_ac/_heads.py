@@ -1,8 +1,11 @@
 """The layers every actor-critic shares: the table of activations, linear layers with
-orthogonal initialisation, the two standard-deviation modules, and the heads."""
+orthogonal initialisation, the two standard-deviation modules, the heads, and the
+constructor checks of their options."""
 
 from collections.abc import Callable
+from typing import Any
 
+import distrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -129,3 +132,33 @@ def init_heads(
         sigma = LogStdParameter(action_dim)
     critic = orthogonal_linear(k_critic, features, 1, gain=0.01)
     return actor_mu, sigma, critic
+
+
+def check_options(
+    sizes: dict[str, Any],
+    flags: dict[str, Any],
+    carry_shape: tuple[int, ...],
+    action_space: distrax.Bijector | None,
+) -> None:
+    """The constructor checks shared by the actor-critic models."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}.")
+    if any((not isinstance(n, int)) or n < 0 for n in carry_shape):
+        raise ValueError(f"carry_shape must be a tuple of sizes, got {carry_shape!r}.")
+    if flags.get("discrete") and action_space is not None:
+        raise ValueError(
+            "A discrete (categorical) policy takes no action_space bijector; got "
+            f"{action_space!r} with discrete=True."
+        )
+    size, actions = getattr(action_space, "size", None), sizes.get("action_space_size")
+    if size is not None and actions is not None and size != actions:
+        raise ValueError(
+            f"The action space {action_space!r} has bounds for {size} coordinates; the "
+            f"model has action_space_size={actions}."
+        )
+    if flags.get("discrete") and flags.get("actor_sigma_head"):
+        raise ValueError("actor_sigma_head=True has no meaning with discrete=True.")

@@ -9,12 +9,10 @@ import pytest
 
 import eqx_lstm_ac as lac
 from eqx_lstm_ac._action_spaces import _lift
-from eqx_lstm_ac._actor_critic import (
-    check_options,
-    metadata_of,
-)
+from eqx_lstm_ac._actor_critic import metadata_of
 from eqx_lstm_ac._heads import (
     apply_linear,
+    check_options,
     init_heads,
     orthogonal_linear,
 )
