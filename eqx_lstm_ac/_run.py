@@ -263,23 +263,46 @@ def _fit(group, runs, configs, ckpts, options: _Options) -> list[FitResult]:
         )
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While training, `SIGTERM` (what batch schedulers send before a kill) stops the
-    run as Ctrl-C does: with a checkpoint."""
+class _Interrupts:
+    """While training, Ctrl-C and `SIGTERM` (what batch schedulers send before a kill)
+    raise `KeyboardInterrupt`, which stops the run with a checkpoint; inside `held()`
+    they wait for its end, so that an update's state and its metrics rows land
+    together."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.holding = self.pending = False
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self.holding:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        try:
+            previous = [(s, signal.signal(s, self._handler)) for s in _SIGNALS]
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, handler in previous:
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _train_loop(group, runs, configs, env, ppo, ts, keep_rows, start, ckpts, logs, options):
@@ -311,8 +334,9 @@ def _train_loop(group, runs, configs, env, ppo, ts, keep_rows, start, ckpts, log
             last_ckpt[i] = run.write_checkpoint(member(state, i), cfg)
         written = int(member(state, 0).update)
 
+    interrupts = _Interrupts()
     try:
-        with _sigterm_as_interrupt():
+        with interrupts.installed():
             for i in range(start, num_updates):
                 new_ts, metrics = step(ts)
                 values = jax.device_get(metrics)
@@ -321,25 +345,26 @@ def _train_loop(group, runs, configs, env, ppo, ts, keep_rows, start, ckpts, log
                     if written < i:
                         checkpoint(ts)
                     _diverged(i + 1, configs, finite, last_ckpt)
-                ts = new_ts
-                now = time.perf_counter()
-                done = i + 1
-                for j, (run, run_rows) in enumerate(zip(runs, rows, strict=True)):
-                    row: dict[str, Any] = {
-                        "update": done,
-                        "env_steps": done * per_update,
-                        "steps_per_second": per_update / max(now - t_prev, 1e-9),
-                        "wall_time": now - t_start,
-                    }
-                    for name in METRIC_FIELDS:
-                        if name in values:
-                            v = np.asarray(values[name])
-                            row[name] = _json_float(float(v[j] if stacked else v))
-                    run_rows.append(row)
-                    run.append_metrics(row)
-                    if logs:
-                        logs[j].write(row)
-                t_prev = now
+                with interrupts.held():
+                    ts = new_ts
+                    now = time.perf_counter()
+                    done = i + 1
+                    for j, (run, run_rows) in enumerate(zip(runs, rows, strict=True)):
+                        row: dict[str, Any] = {
+                            "update": done,
+                            "env_steps": done * per_update,
+                            "steps_per_second": per_update / max(now - t_prev, 1e-9),
+                            "wall_time": now - t_start,
+                        }
+                        for name in METRIC_FIELDS:
+                            if name in values:
+                                v = np.asarray(values[name])
+                                row[name] = _json_float(float(v[j] if stacked else v))
+                        run_rows.append(row)
+                        run.append_metrics(row)
+                        if logs:
+                            logs[j].write(row)
+                    t_prev = now
                 if on_update is not None:
                     on_update(_summary_row([r[-1] for r in rows]))
                 if done % every == 0 or done == num_updates:

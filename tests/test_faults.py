@@ -76,6 +76,27 @@ def test_sigterm_checkpoints_as_ctrl_c_does(tmp_path):
     assert result.start_update == done and result.rows[-1]["update"] == done + 1
 
 
+def test_a_signal_while_an_update_is_recorded_keeps_state_and_metrics_together(
+    tmp_path, monkeypatch
+):
+    # SIGTERM arrives while the metrics row of update 2 is being written: the run stops
+    # after that update with its row and a checkpoint of it, never one without the other
+    append = lac.RunDir.append_metrics
+
+    def append_then_signal(self, row):
+        if row["update"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        append(self, row)
+
+    monkeypatch.setattr(lac.RunDir, "append_metrics", append_then_signal)
+    result = lac.fit(_config(32 * 50), tmp_path / "run", plot=False)
+    assert result.interrupted
+    rows = lac.RunDir(tmp_path / "run").read_metrics()
+    ckpt = lac.RunDir(tmp_path / "run").checkpoints()[-1]
+    assert [r["update"] for r in rows] == [1, 2]
+    assert int(ckpt.name.split("_")[1]) == 2 == int(result.train_state.update)
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
     straight = lac.fit(_config(64), tmp_path / "straight", plot=False)
     cut = tmp_path / "cut"
