@@ -220,8 +220,9 @@ def part_purejaxrl(args: argparse.Namespace) -> None:
     )
     seeds = list(range(args.seeds))
     out = train_seeds(config, seeds, args.eval_episodes)
-    last10 = [float(np.mean([r for r in c[-10:] if r is not None])) for c in out["curves"]]
-    print(f"PureJaxRL configuration: last-10-update training returns {last10}")
+    from benchmarks.learning_report import final_returns
+
+    print(f"PureJaxRL configuration: final training returns {final_returns(out)}")
     # the plain command on the same task and budget, for steps-to-goal beside it
     plain = dataclasses.replace(
         base,
@@ -235,7 +236,6 @@ def part_purejaxrl(args: argparse.Namespace) -> None:
         {
             "config": {**PUREJAXRL, **PUREJAXRL_MODEL},
             "machine": _machine(),
-            "last10_train_returns": last10,
             **out,
             "defaults": defaults,
         },

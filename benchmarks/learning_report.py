@@ -11,6 +11,10 @@ import numpy as np
 from benchmarks.learning import ci95, t975, TASKS
 
 
+SMOOTH_STEPS = 16_384
+"""The window of `steps_to_goal`, in environment steps."""
+
+
 def _digits(x: float) -> int:
     return 2 if abs(x) < 10 else 0
 
@@ -26,19 +30,53 @@ def _cell(values: list[float]) -> str:
     return f"{_fmt(mean, d)} ± {_fmt(half, d)} (worst {_fmt(min(values), d)})"
 
 
+def _window(run: dict[str, Any]) -> int:
+    """`SMOOTH_STEPS` in updates of `run`, at least one."""
+    return max(1, round(SMOOTH_STEPS / (run["env_steps"] / len(run["curves"][0]))))
+
+
+def _trailing_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Element `i` is the mean of the finite values of `x[i - window + 1 : i + 1]`, for
+    plotting (NaN where there are none)."""
+    padded = np.concatenate([np.full(window - 1, np.nan), x])
+    with warnings.catch_warnings():  # windows before any seed finished an episode
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.lib.stride_tricks.sliding_window_view(padded, window), axis=-1)
+
+
 def steps_to_goal(run: dict[str, Any], goal: float | None) -> int | None:
     """Environment steps until the seeds' mean training return, averaged over the last
-    10 updates, first reaches `goal` (None if it never does)."""
+    `SMOOTH_STEPS` environment steps, first reaches `goal` (None if it never does).
+
+    The window is a number of environment steps, not of updates, so that settings with
+    small updates are not judged over a shorter stretch of experience than large ones."""
     if goal is None:
         return None
     mean, _ = _curve_band(run["curves"])
-    window = 10
-    smooth = np.convolve(np.nan_to_num(mean, nan=-np.inf), np.ones(window) / window, "valid")
+    window = _window(run)
+    # a window that holds an update before any seed finished an episode (NaN) is no hit
+    smooth = np.lib.stride_tricks.sliding_window_view(mean, window).mean(axis=-1)
     hits = np.flatnonzero(smooth >= goal)
     if len(hits) == 0:
         return None
-    per_update = run["env_steps"] / len(mean)
-    return int((hits[0] + window) * per_update)
+    return int((hits[0] + window) * run["env_steps"] / len(mean))
+
+
+def final_returns(run: dict[str, Any]) -> list[float]:
+    """Each seed's mean training return over its last `SMOOTH_STEPS` environment steps."""
+    window = _window(run)
+    return [float(np.mean([r for r in c[-window:] if r is not None])) for c in run["curves"]]
+
+
+def _batch_sentence(defaults: dict[str, Any], peer: dict[str, Any]) -> str:
+    """How the defaults' update compares with PureJaxRL's, from the recorded settings."""
+    ours = defaults["num_envs"] * defaults["num_steps"]
+    theirs = peer["num_envs"] * peer["num_steps"]
+    return (
+        f"The defaults collect {ours / theirs:g} times as many steps per update "
+        f"({defaults['num_envs']} environments of {defaults['num_steps']} steps against "
+        f"{peer['num_envs']} of {peer['num_steps']}) and step more environments at once."
+    )
 
 
 def _seconds_to(run: dict[str, Any], goal: float) -> str:
@@ -93,7 +131,7 @@ def _figure(ours: dict[str, Any], path: Path) -> None:
             run = ours["runs"].get(f"{task.name}/{kind}")
             if run is None:
                 continue
-            mean, half = _curve_band(run["curves"])
+            mean, half = (_trailing_mean(a, _window(run)) for a in _curve_band(run["curves"]))
             steps = np.arange(1, len(mean) + 1) * run["env_steps"] / len(mean)
             ax.plot(steps / 1e6, mean, color=color, label=kind.upper())
             ax.fill_between(steps / 1e6, mean - half, mean + half, color=color, alpha=0.25)
@@ -105,7 +143,11 @@ def _figure(ours: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Training return, mean and 95% band over seeds (dashed: goal)", fontsize=10)
+    fig.suptitle(
+        f"Training return over the last {SMOOTH_STEPS / 1e3:.0f} k steps, mean and 95% band "
+        "over seeds (dashed: goal)",
+        fontsize=10,
+    )
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -148,7 +190,8 @@ def write_report(data: dict[str, Any], page: Path, figure: Path) -> None:
         f"Times are wall-clock on a 2-core CPU, compilation included, for all {seeds} seeds "
         "trained together in one compiled program (LSTM / MLP). *Steps to goal* counts "
         "the environment steps until the seeds' mean training return (stochastic policy, "
-        "averaged over 10 updates) first reaches the goal (0.9 on the two memory tasks, "
+        f"averaged over the last {SMOOTH_STEPS / 1e3:.0f} k environment steps) first "
+        "reaches the goal (0.9 on the two memory tasks, "
         "whose goal is the largest return). The defaults are those of "
         "`eqx-lstm-ac train --help`; observations and rewards are normalised by running "
         "statistics, which is what lets one set of settings serve tasks whose rewards "
@@ -157,7 +200,7 @@ def write_report(data: dict[str, Any], page: Path, figure: Path) -> None:
     ]
     if "purejaxrl" in data:
         p = data["purejaxrl"]
-        last = ", ".join(f"{r:.0f}" for r in p["last10_train_returns"])
+        last = ", ".join(f"{r:.0f}" for r in final_returns(p))
         flags = (
             "--env gymnax:CartPole-v1 --num-envs 4 --num-steps 128 \\\n"
             "    --epochs 4 --minibatches 4 --lr 2.5e-4 --ent-coef 0.01 \\\n"
@@ -173,7 +216,8 @@ def write_report(data: dict[str, Any], page: Path, figure: Path) -> None:
             "",
             f"```bash\neqx-lstm-ac train {flags}\n```",
             "",
-            "| settings | training return, last 10 updates, per seed | evaluation "
+            f"| settings | training return, last {SMOOTH_STEPS / 1e3:.0f} k steps, per seed "
+            "| evaluation "
             "| steps to 475 | steps/s, all seeds together | seconds to 475 |",
             "|---|---|---|---|---|---|",
             f"| PureJaxRL's | {last} | {_cell(p['eval_returns'])} | "
@@ -182,9 +226,7 @@ def write_report(data: dict[str, Any], page: Path, figure: Path) -> None:
         ]
         if "defaults" in p:
             d = p["defaults"]
-            plain = ", ".join(
-                f"{np.mean([r for r in c[-10:] if r is not None]):.0f}" for c in d["curves"]
-            )
+            plain = ", ".join(f"{r:.0f}" for r in final_returns(d))
             lines.append(
                 f"| the defaults (`eqx-lstm-ac train --env gymnax:CartPole-v1 "
                 f"--total-steps 5e5`) | {plain} | {_cell(d['eval_returns'])} | "
@@ -195,11 +237,9 @@ def write_report(data: dict[str, Any], page: Path, figure: Path) -> None:
             "",
             f"{len(p['seeds'])} seeds each; *steps to 475* as above, on the seeds' mean "
             "training return; *seconds to 475* is the wall-clock of the program that "
-            "trains all seeds together until then, compilation included. The defaults "
-            "collect 16 times as many steps per update (64 environments of 128 steps "
-            "against 4), so they need more environment steps per update of the policy, "
-            "and take them several times faster. PureJaxRL itself is not on the package "
-            "registry, so its own speed is not measured here.",
+            "trains all seeds together until then, compilation included. "
+            f"{_batch_sentence(ours['config']['ppo'], p['config'])} PureJaxRL itself is not "
+            "on the package registry, so its own speed is not measured here.",
             "",
         ]
     if "sb3" in data:

@@ -49,6 +49,11 @@ class PPOConfig:
     """The hyperparameters of [`eqx_lstm_ac.PPO`][]. The defaults are those of
     `eqx-lstm-ac train`.
 
+    The default rollout, 16 environments of 128 steps (2048 steps per update), keeps
+    each update's data fresh: on the tasks of the learning benchmark it reaches the goal
+    in fewer environment steps than larger rollouts do. More environments raise the
+    throughput (on an accelerator above all) at the price of more steps per update.
+
     **Arguments:**
 
     - `num_envs`: environments stepped in parallel.
@@ -88,7 +93,7 @@ class PPOConfig:
     `ValueError` for a value out of range or sizes that do not divide.
     """
 
-    num_envs: int = option(64, "parallel environments", fixed=True)
+    num_envs: int = option(16, "parallel environments", fixed=True)
     num_steps: int = option(128, "rollout length per environment and update", fixed=True)
     total_steps: int = option(2_000_000, "environment steps to train for")
     num_epochs: int = option(4, "PPO epochs per rollout", flag="epochs", fixed=True)
